@@ -1,0 +1,147 @@
+"""The LightningDataModule shared by every dataset: splits come in as dataset factories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+def collate_referring(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors of equal shape, keep everything else (sentences, ids, sizes, variable masks) as lists.
+
+    Args:
+        samples: dataset items with at least ``image`` (3×H×W), ``mask`` (1×H×W) and ``sentence``.
+
+    Returns:
+        ``image`` B×3×H×W, ``mask`` B×1×H×W, and a list of B values for every other key.
+    """
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
+
+
+class ShuffledSentences(Dataset):
+    """A view of a dataset whose sentences are permuted across samples (a seeded derangement).
+
+    Scoring a model on it measures what ignoring the text earns: every image keeps its own mask
+    but is paired with another sample's sentence.
+    """
+
+    def __init__(self, dataset: Dataset, *, seed: int = 0) -> None:
+        n = len(dataset)  # type: ignore[arg-type]
+        if n < 2:
+            raise ValueError(f"ShuffledSentences needs at least 2 samples, got {n}")
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=generator)
+        # a cyclic shift of a random order is a derangement: nobody keeps their own sentence
+        self.source = torch.empty(n, dtype=torch.long)
+        self.source[order] = torch.roll(order, 1)
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.dataset[index])
+        donor = self.dataset[int(self.source[index])]
+        item["sentence"] = donor["sentence"]
+        return item
+
+
+class RefSegDataModule(pl.LightningDataModule):
+    """Train / val / test loaders over any referring-segmentation datasets.
+
+    Args:
+        splits: split name → zero-argument factory returning that split's Dataset (Hydra
+            ``_partial_: true`` nodes), built lazily in :meth:`setup`.
+        batch_size: samples per device and step.
+        eval_batch_size: samples per device for val / test (defaults to ``batch_size``).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory (useful with a GPU).
+        persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
+        group_names: names of the per-sample groups scored separately (e.g. expression types).
+        group_key: the item key holding each sample's group name.
+        shuffle_sentences_seed: seed of the derangement used by :meth:`shuffled_test_dataloader`.
+    """
+
+    def __init__(
+        self,
+        *,
+        splits: Mapping[str, Callable[[], Dataset]],
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        group_names: Sequence[str] = (),
+        group_key: str | None = None,
+        shuffle_sentences_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split names {sorted(unknown)}; expected a subset of {SPLITS}")
+        self.split_factories = dict(splits)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.group_names, self.group_key = tuple(group_names), group_key
+        self.shuffle_sentences_seed = shuffle_sentences_seed
+        self.datasets: dict[str, Dataset] = {}
+
+    def dataset(self, split: str) -> Dataset:
+        """The split's dataset, built on first use; a clear error when it is missing or empty."""
+        if split not in self.datasets:
+            if split not in self.split_factories:
+                raise KeyError(f"no '{split}' split configured; configured: {sorted(self.split_factories)}")
+            dataset = self.split_factories[split]()
+            if len(dataset) == 0:  # type: ignore[arg-type]
+                raise ValueError(f"the '{split}' split is empty ({dataset!r})")
+            self.datasets[split] = dataset
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        for split in wanted:
+            if split in self.split_factories:
+                self.dataset(split)
+
+    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate_referring,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), train=False)
+
+    def split_dataloader(self, split: str, *, shuffle_sentences: bool = False) -> DataLoader:
+        """A deterministic evaluation loader over any split, optionally with sentences deranged."""
+        dataset = self.dataset(split)
+        if shuffle_sentences:
+            dataset = ShuffledSentences(dataset, seed=self.shuffle_sentences_seed)
+        return self._loader(dataset, train=False)

@@ -1,0 +1,47 @@
+"""Score a module on a split: the model, the model with deranged sentences, and the trivial baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+from rsrefseg.baselines import trivial_baselines
+from rsrefseg.data.datamodule import RefSegDataModule
+from rsrefseg.module import RefSegModule
+
+
+def evaluate_splits(
+    trainer: pl.Trainer,
+    module: RefSegModule,
+    datamodule: RefSegDataModule,
+    *,
+    split: str,
+    ckpt_path: str | None,
+    shuffled_sentences: bool,
+    baselines: bool,
+) -> dict[str, dict[str, Any]]:
+    """Return columns ``{split: metrics, f"{split}_shuffled": …, "all_background": …, "whole_image": …}``.
+
+    ``ckpt_path`` (a Lightning checkpoint) is loaded into ``module`` before scoring; None scores the
+    module's current weights.
+    """
+    columns: dict[str, dict[str, Any]] = {}
+    passes = [(split, False)] + ([(f"{split}_shuffled", True)] if shuffled_sentences else [])
+    for prefix, shuffled in passes:
+        module.test_prefix = prefix
+        loader = datamodule.split_dataloader(split, shuffle_sentences=shuffled)
+        trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+        columns[prefix] = dict(module.last_test_metrics)
+    module.test_prefix = "test"
+    if baselines:
+        dataset = datamodule.dataset(split)
+        columns.update(
+            trivial_baselines(
+                (dataset[i] for i in range(len(dataset))),  # type: ignore[arg-type]
+                group_names=datamodule.group_names,
+                group_key=datamodule.group_key,
+                inclusive_pr=module.test_metrics.inclusive,
+            )
+        )
+    return columns

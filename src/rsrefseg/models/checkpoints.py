@@ -1,0 +1,36 @@
+"""Strict loading of backbone weights with errors that say which file and which keys."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import Tensor, nn
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, source: str | Path) -> None:
+    """Load ``state`` into ``module`` exactly: same keys, same shapes, or a ValueError naming ``source``.
+
+    Args:
+        module: the freshly built module.
+        state: the state dict read from ``source``.
+        source: the file the state came from (for the message).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
+
+        raise ValueError(
+            f"checkpoint {source} does not fit {type(module).__name__}: "
+            f"{len(missing)} missing [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
+            f"{len(mismatched)} shape mismatches [{head(mismatched)}]. Check that the config's size matches the file."
+        )
+    module.load_state_dict(state, strict=True)

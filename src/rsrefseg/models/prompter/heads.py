@@ -1,0 +1,42 @@
+"""The prompter's output heads: sparse prompt tokens and the dense mask prompt."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DensePromptHead(nn.Module):
+    """Turn activated image tokens into mask-prompt logits by cosine with the sentence embedding.
+
+    reshape → Conv3×3(C→C/2) → BN → GELU → Conv3×3(C/2→E) → bilinear ×(M/g) → cos(·, t)·exp(s) + b.
+
+    Args:
+        vision_dim: C, width of the image tokens.
+        embed_dim: E, width of the pooled sentence embedding t (C for SigLIP).
+        mask_size: M, side of SAM's mask input (4 × its image-embedding grid).
+    """
+
+    def __init__(self, *, vision_dim: int, embed_dim: int, mask_size: int) -> None:
+        super().__init__()
+        self.mask_size = mask_size
+        self.conv1 = nn.Conv2d(vision_dim, vision_dim // 2, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm2d(vision_dim // 2)
+        self.conv2 = nn.Conv2d(vision_dim // 2, embed_dim, kernel_size=3, padding=1)
+
+    def forward(self, tokens: Tensor, grid_size: int, sentence: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+        """Args:
+            tokens: B×g²×C image tokens (row-major grid).
+            grid_size: g.
+            sentence: B×E pooled sentence embedding.
+            logit_scale: scalar log-scale (CLIP's); logit_bias: scalar bias (0 for OpenAI-style CLIP).
+
+        Returns:
+            B×1×M×M logits.
+        """
+        b, n, c = tokens.shape
+        x = tokens.transpose(1, 2).reshape(b, c, grid_size, grid_size)
+        x = self.conv2(F.gelu(self.norm(self.conv1(x))))
+        x = F.interpolate(x, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=True)
+        cos = (F.normalize(x, dim=1) * F.normalize(sentence, dim=-1)[:, :, None, None]).sum(dim=1, keepdim=True)
+        return cos * logit_scale.exp() + logit_bias

@@ -1,0 +1,76 @@
+"""RSRefSeg 2: CLIP localises, the prompter turns that into prompts, SAM draws the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from rsrefseg.models.clip_encoder import ClipEncoder
+from rsrefseg.models.finetune import FinetuneMode, LoraSettings, configure_finetuning
+from rsrefseg.models.prompter import PrompterOutput
+from rsrefseg.models.sam_backbone import SamBackbone
+
+
+@dataclass
+class RSRefSeg2Output:
+    """Attributes:
+    logits: B×1×M×M mask logits at SAM's low-resolution output (M = 4 × SAM's embedding grid).
+    prompts: the prompter's output (sparse, dense, Stage-0 queries).
+    vision_tokens: V0, B×g²×C_v CLIP patch tokens (for the contrastive loss).
+    grid_size: g.
+    """
+
+    logits: Tensor
+    prompts: PrompterOutput
+    vision_tokens: Tensor
+    grid_size: int
+
+
+class RSRefSeg2(nn.Module):
+    """The decoupled network of METHOD.md §1.
+
+    Args:
+        clip: the dual-modal encoder.
+        prompter: any prompter taking (V0, T, padding mask, t, logit scale, logit bias) → PrompterOutput.
+        sam: the segmenter.
+        finetune: ``full`` | ``lora`` | ``frozen`` (see :func:`configure_finetuning`).
+        lora: LoRA settings for ``finetune='lora'``.
+    """
+
+    def __init__(
+        self,
+        *,
+        clip: ClipEncoder,
+        prompter: nn.Module,
+        sam: SamBackbone,
+        finetune: FinetuneMode = "full",
+        lora: LoraSettings | dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.clip, self.prompter, self.sam = clip, prompter, sam
+        dense_head = getattr(prompter, "dense_head", None)
+        if dense_head is not None and dense_head.mask_size != sam.mask_size:
+            raise ValueError(
+                f"prompter dense prompt is {dense_head.mask_size}² but SAM's mask input is {sam.mask_size}²"
+            )
+        configure_finetuning(self, finetune, lora)
+        sam.freeze_unused(uses_dense=dense_head is not None)
+        clip.freeze_unused()
+
+    def forward(self, images: Tensor, sentences: Sequence[str]) -> RSRefSeg2Output:
+        """Args:
+            images: B×3×H×W in [0, 1] (each branch resizes to its own input size).
+            sentences: B referring expressions.
+        """
+        if len(sentences) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(sentences)} sentences")
+        vision_tokens = self.clip.encode_image(images)
+        text = self.clip.encode_text(sentences)
+        prompts = self.prompter(
+            vision_tokens, text.tokens, text.padding_mask, text.sentence, self.clip.logit_scale, self.clip.logit_bias
+        )
+        logits = self.sam.decode(self.sam.encode_image(images), prompts.sparse, prompts.dense)
+        grid = int(round(vision_tokens.shape[1] ** 0.5))
+        return RSRefSeg2Output(logits=logits, prompts=prompts, vision_tokens=vision_tokens, grid_size=grid)

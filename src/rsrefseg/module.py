@@ -1,0 +1,156 @@
+"""The LightningModule: RSRefSeg 2 trained with the paper's losses, scored with the referring metrics."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rsrefseg.losses import ReferringLoss
+from rsrefseg.metrics import ReferringSegmentationMetrics
+from rsrefseg.models import RSRefSeg2, parameter_report
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def predict_masks(logits: Tensor, sizes: Sequence[Sequence[int]], *, threshold: float = 0.5) -> list[Tensor]:
+    """Low-resolution logits → one boolean mask per sample at its own size.
+
+    Args:
+        logits: B×1×h×w mask logits.
+        sizes: B (height, width) pairs to resize to (bilinear on logits, then sigmoid > threshold).
+
+    Returns:
+        B boolean tensors of shape H_i×W_i.
+    """
+    cut = torch.logit(torch.tensor(threshold)).item()
+    masks = []
+    for logit, (h, w) in zip(logits, sizes, strict=True):
+        up = F.interpolate(logit[None].float(), size=(int(h), int(w)), mode="bilinear", align_corners=False)
+        masks.append(up[0, 0] > cut)
+    return masks
+
+
+class RefSegModule(pl.LightningModule):
+    """Train / validate / test RSRefSeg 2.
+
+    Args:
+        net: the network.
+        loss: the weighted training objective.
+        optimizer: factory ``params → Optimizer`` (Hydra ``_partial_: true``).
+        scheduler: factory ``optimizer → LRScheduler`` stepped every optimizer step, or None.
+        group_names: per-sample groups scored separately (``val/gIoU/<group>``).
+        group_key: batch key holding each sample's group name.
+        inclusive_pr: Pr@X counts IoU ≥ X (LAVT / RMSIN) instead of > X (the release).
+        threshold: probability above which a pixel is foreground.
+        run_config: the resolved run configuration, stored in every checkpoint so evaluation
+            can rebuild the exact network.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: RSRefSeg2,
+        loss: ReferringLoss,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        group_names: Sequence[str] = (),
+        group_key: str | None = None,
+        inclusive_pr: bool = False,
+        threshold: float = 0.5,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.group_key, self.threshold = group_key, threshold
+        self.run_config = dict(run_config or {})
+        metric_args = dict(inclusive=inclusive_pr, group_names=tuple(group_names))
+        self.val_metrics = ReferringSegmentationMetrics(**metric_args)
+        self.test_metrics = ReferringSegmentationMetrics(**metric_args)
+        #: prefix of test metrics; the shuffled-sentence pass sets it to "test_shuffled"
+        self.test_prefix = "test"
+        #: the last test pass's metrics, as plain floats
+        self.last_test_metrics: dict[str, float] = {}
+
+    def parameter_rows(self) -> list[tuple[str, int, int]]:
+        """(component, trainable, total) for CLIP, prompter, SAM, the loss's own weights and the total."""
+        return parameter_report(self, ["net.clip", "net.prompter", "net.sam", "loss"])
+
+    def forward(self, images: Tensor, sentences: Sequence[str]) -> Tensor:
+        """B×3×H×W images in [0, 1] and B sentences → B×1×h×w mask logits."""
+        return self.net(images, sentences).logits
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        out = self.net(batch["image"], batch["sentence"])
+        terms = self.loss(
+            logits=out.logits,
+            targets=batch["mask"],
+            q1=out.prompts.q1,
+            q2=out.prompts.q2,
+            vision_tokens=out.vision_tokens,
+            grid_size=out.grid_size,
+            valid=batch.get("valid"),
+        )
+        bs = batch["image"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)
+        return terms["loss"]
+
+    def _score(self, batch: Mapping[str, Any], metrics: ReferringSegmentationMetrics) -> None:
+        logits = self(batch["image"], batch["sentence"])
+        targets = batch.get("original_mask")
+        if targets is None:
+            targets = [m[0] > 0.5 for m in batch["mask"]]
+        sizes = batch.get("original_size") or [t.shape[-2:] for t in targets]
+        preds = predict_masks(logits, sizes, threshold=self.threshold)
+        groups = batch[self.group_key] if self.group_key else None
+        metrics.update(preds, [t.bool().reshape(p.shape) for t, p in zip(targets, preds, strict=True)], groups)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._score(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._score(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_metrics(self.test_metrics, self.test_prefix)
+
+    def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> dict[str, float]:
+        # compute() already sums the states over ranks, so the values are global: no sync_dist
+        values = {k: float(v) for k, v in metrics.compute().items()}
+        metrics.reset()
+        gIoU = values.pop("gIoU", None)
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items()})
+        if gIoU is not None:
+            self.log(f"{prefix}/gIoU", gIoU, prog_bar=True)
+            values = {"gIoU": gIoU, **values}
+        return values
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        factory = self.scheduler_factory
+        keywords = getattr(factory, "keywords", {})
+        if keywords.get("unit") == "epoch" and keywords.get("steps_per_epoch") is None:
+            # epoch-based recipes need the optimizer steps per epoch, known only once data is set up
+            epochs = max(self.trainer.max_epochs or 1, 1)
+            steps = max(1, math.ceil(self.trainer.estimated_stepping_batches / epochs))
+            factory = functools.partial(factory, steps_per_epoch=steps)
+        scheduler = factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rsrefseg_config"] = self.run_config

@@ -1,0 +1,57 @@
+"""Present and save metrics: a console table, plain `key value` lines, Markdown and JSON files."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rsrefseg.io import atomic_write_json, atomic_write_text
+
+Columns = Mapping[str, Mapping[str, float]]
+
+
+def _row_names(columns: Columns) -> list[str]:
+    names: list[str] = []
+    for values in columns.values():
+        names += [k for k in values if k not in names]
+    return names
+
+
+def _cell(row: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if row.startswith("count/") or row == "num_samples" else f"{value:.2f}"
+
+
+def print_table(columns: Columns, *, title: str, console: Console | None = None) -> None:
+    """Print one row per metric and one column per evaluated setting (e.g. test, shuffled, baselines)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for row in _row_names(columns):
+        table.add_row(row, *(_cell(row, values.get(row)) for values in columns.values()))
+    (console or Console()).print(table)
+
+
+def markdown_table(columns: Columns) -> str:
+    """The same table as GitHub Markdown."""
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in _row_names(columns):
+        lines.append(f"| {row} | " + " | ".join(_cell(row, v.get(row)) for v in columns.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plain_lines(prefix: str, values: Mapping[str, float]) -> str:
+    """``<prefix>/<metric> <value>`` lines, easy to grep from a log (e.g. ``test/gIoU 47.12``)."""
+    return "\n".join(f"{prefix}/{k} {v:.4f}" for k, v in values.items())
+
+
+def save_results(output_dir: str | Path, payload: Mapping, columns: Columns, *, stem: str = "metrics") -> Path:
+    """Write ``<stem>.json`` (everything) and ``<stem>.md`` (the table) atomically; return the JSON path."""
+    output_dir = Path(output_dir)
+    atomic_write_text(output_dir / f"{stem}.md", markdown_table(columns))
+    return atomic_write_json(output_dir / f"{stem}.json", payload)

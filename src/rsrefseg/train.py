@@ -1,0 +1,113 @@
+"""`rsrefseg-train`: fit, select the checkpoint on val, test it once, report and save the metrics.
+
+    rsrefseg-train                                   # the synthetic default on CPU
+    rsrefseg-train model/clip=tiny trainer=gpu ...   # any composition
+    rsrefseg-train -m model.prompter.depths=[1,1,1],[2,2,2]   # a sweep
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from rich.console import Console
+from rich.table import Table
+
+from rsrefseg.build import (
+    CONFIG_DIR,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    finish_loggers,
+    prepare_process,
+)
+from rsrefseg.evaluate import evaluate_splits
+from rsrefseg.io import atomic_write_text
+from rsrefseg.results import plain_lines, print_table, save_results
+
+log = logging.getLogger(__name__)
+
+
+def print_parameters(rows: list[tuple[str, int, int]], console: Console) -> None:
+    table = Table(title="parameters")
+    for column in ("component", "trainable", "total"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for name, trainable, total in rows:
+        table.add_row(name, f"{trainable / 1e6:.3f} M", f"{total / 1e6:.3f} M")
+    console.print(table)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; returns the results payload (also written to ``metrics.json``)."""
+    prepare_process()
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(run_config))
+
+    datamodule = build_datamodule(cfg.data)
+    if cfg.select_on not in ("val", "test"):
+        raise ValueError(f"select_on must be 'val' or 'test', got {cfg.select_on!r}")
+    if cfg.select_on == "test":
+        log.warning("select_on=test: the checkpoint is chosen on the TEST split (the release's protocol)")
+        datamodule.split_factories["val"] = datamodule.split_factories["test"]
+    module = build_module(cfg, datamodule, run_config=run_config)
+    console = Console()
+    if pl.utilities.rank_zero_only.rank == 0:
+        print_parameters(module.parameter_rows(), console)
+
+    callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    try:
+        trainer = build_trainer(cfg, callbacks, loggers)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        best_path = checkpoint.best_model_path if checkpoint is not None else ""
+        best_score = checkpoint.best_model_score if checkpoint is not None else None
+        payload: dict[str, Any] = {
+            "output_dir": str(output_dir),
+            "best_checkpoint": best_path or None,
+            f"selection/{cfg.select_on}_gIoU": float(best_score) if best_score is not None else None,
+            "global_step": trainer.global_step,
+        }
+        if cfg.test_after_fit:
+            if not best_path:
+                log.warning("no checkpoint was selected (fast_dev_run or no validation): testing the final weights")
+            columns = evaluate_splits(
+                trainer,
+                module,
+                datamodule,
+                split="test",
+                ckpt_path=best_path or None,
+                shuffled_sentences=cfg.shuffled_sentence_test,
+                baselines=cfg.trivial_baselines,
+            )
+            payload["metrics"] = columns
+            if trainer.is_global_zero:
+                print_table(columns, title=f"test split — checkpoint selected on {cfg.select_on}", console=console)
+                print(plain_lines("test", columns["test"]))
+        if trainer.is_global_zero:
+            path = save_results(output_dir, payload, payload.get("metrics", {}))
+            log.info("metrics written to %s", path)
+        return payload
+    finally:
+        finish_loggers(loggers)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the selection metric so sweepers can optimise it."""
+    payload = train(cfg)
+    score = payload.get(f"selection/{cfg.select_on}_gIoU")
+    return None if score is None or math.isnan(score) else float(score)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The cascaded prompter: paper-size parameter count, output contract, padding invariance, PE resize."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsrefseg.models import CascadedPrompter
+from rsrefseg.models.blocks import masked_adaptive_avg_pool
+
+PAPER = dict(vision_dim=1152, text_dim=1152, embed_dim=1152, grid_size=32, prompt_dim=256, mask_size=256)
+SMALL = dict(vision_dim=48, text_dim=40, embed_dim=32, grid_size=4, prompt_dim=24, mask_size=16,
+             internal_dim=32, num_heads=4, mlp_dim=32)
+
+
+def test_paper_size_parameter_count():
+    with torch.device("meta"):
+        prompter = CascadedPrompter(**PAPER)
+    count = sum(p.numel() for p in prompter.parameters())
+    assert abs(count - 82.77e6) / 82.77e6 < 0.005, count
+
+
+def _inputs(b=2, length=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        image_tokens=torch.randn(b, 16, 48, generator=g),
+        text_tokens=torch.randn(b, length, 40, generator=g),
+        text_padding_mask=torch.zeros(b, length, dtype=torch.bool),
+        sentence=torch.randn(b, 32, generator=g),
+        logit_scale=torch.tensor(2.0),
+        logit_bias=torch.tensor(-1.0),
+    )
+
+
+def test_output_shapes():
+    out = CascadedPrompter(**SMALL).eval()(**_inputs())
+    assert out.sparse.shape == (2, 9, 24)
+    assert out.dense.shape == (2, 1, 16, 16)
+    assert out.q1.shape == out.q2.shape == (2, 3, 40)
+
+
+def test_padding_does_not_change_a_sample():
+    """Flaw 1 fixed: extra padding (a longer sentence elsewhere in the batch) leaves a sample's output unchanged."""
+    torch.manual_seed(0)
+    prompter = CascadedPrompter(**SMALL).eval()
+    short = _inputs(b=1, length=5)
+    padded = dict(short)
+    padded["text_tokens"] = torch.cat([short["text_tokens"], torch.randn(1, 4, 40) * 50], dim=1)
+    padded["text_padding_mask"] = torch.tensor([[False] * 5 + [True] * 4])
+    a, b = prompter(**short), prompter(**padded)
+    for x, y in [(a.sparse, b.sparse), (a.dense, b.dense), (a.q1, b.q1), (a.q2, b.q2)]:
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_faithful_mode_attends_padding():
+    """text_padding_mask=False reproduces the release: padding changes the output."""
+    torch.manual_seed(0)
+    prompter = CascadedPrompter(**SMALL, text_padding_mask=False).eval()
+    short = _inputs(b=1, length=5)
+    padded = dict(short)
+    padded["text_tokens"] = torch.cat([short["text_tokens"], torch.randn(1, 4, 40) * 50], dim=1)
+    padded["text_padding_mask"] = torch.tensor([[False] * 5 + [True] * 4])
+    assert not torch.allclose(prompter(**short).sparse, prompter(**padded).sparse, atol=1e-4)
+
+
+def test_masked_pool_matches_adaptive_pool_on_valid_prefix():
+    tokens = torch.randn(2, 9, 6)
+    mask = torch.tensor([[False] * 7 + [True] * 2, [False] * 9])
+    pooled = masked_adaptive_avg_pool(tokens, mask, 3)
+    for i, n in enumerate([7, 9]):
+        expected = torch.nn.functional.adaptive_avg_pool1d(tokens[i, :n].T[None], 3)[0].T
+        torch.testing.assert_close(pooled[i], expected)
+
+
+def test_image_pe_is_resized_for_another_grid():
+    prompter = CascadedPrompter(**SMALL).eval()
+    inputs = _inputs()
+    inputs["image_tokens"] = torch.randn(2, 36, 48)  # 6×6 grid instead of 4×4
+    assert prompter(**inputs).dense.shape == (2, 1, 16, 16)
+
+
+@pytest.mark.parametrize("flag", ["use_sparse", "use_dense"])
+def test_ablation_switches(flag):
+    out = CascadedPrompter(**SMALL, **{flag: False}).eval()(**_inputs())
+    assert (out.sparse if flag == "use_sparse" else out.dense) is None
+
+
+def test_contracts_fail_at_construction():
+    with pytest.raises(ValueError, match="use_sparse"):
+        CascadedPrompter(**SMALL, use_sparse=False, use_dense=False)
+    with pytest.raises(ValueError, match="depths"):
+        CascadedPrompter(**SMALL, depths=(2, 0, 2))
