@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -19,9 +20,13 @@ torch.set_flush_denormal(True)
 
 
 def compose_config(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose a primary config (``train`` / ``eval``) with overrides, as Hydra's CLI would (no run dir)."""
+    """Compose a primary config (``train`` / ``eval``) with overrides, as Hydra's CLI would.
+
+    Outside a Hydra run there is no run folder, so ``paths.output_dir`` points at a temporary one.
+    """
+    overrides = [f"paths.output_dir={tempfile.mkdtemp(prefix='rsrefseg-')}", *(overrides or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides or [])
+        return compose(config_name=name, overrides=overrides)
 
 
 def build_tiny_net(overrides: list[str] | None = None, seed: int = 0):

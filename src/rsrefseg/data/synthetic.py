@@ -73,7 +73,7 @@ REGIONS = ("left", "right", "top", "bottom", "top left", "top right", "bottom le
 SUPERLATIVES = ("leftmost", "rightmost", "topmost", "bottommost")
 LOCATIONS = REGIONS + SUPERLATIVES
 RELATIONS = ("left_of", "right_of", "above", "below", "next_to")
-DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {"category": 0.15, "attribute": 0.5, "relation": 0.35}
+DEFAULT_TYPE_WEIGHTS: Mapping[str, float] = {"category": 0.15, "attribute": 0.53, "relation": 0.32}
 
 # Position thresholds, in fractions of the image side (object centres unless stated otherwise).
 _REGION_STRICT, _REGION_POSSIBLE = 0.40, 0.55  # "left": target centre x < 0.40; others must be >= 0.55
@@ -161,7 +161,7 @@ class Expression:
         return self.subject.category
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays; compare fields explicitly
 class SyntheticSample:
     """One generated triplet (image, sentence, mask) and the scene behind it.
 
@@ -662,6 +662,13 @@ def _conditional_type_probs(weights: Mapping[str, float], distractor_rate: float
     return {False: without, True: with_distractor}
 
 
+def _facet(description: Description) -> tuple[bool, bool, str]:
+    """Which kinds of attribute a description uses: colour, size, and 'region'/'superlative'/''."""
+    location = description.location
+    where = "" if location is None else "superlative" if location in SUPERLATIVES else "region"
+    return description.colour is not None, description.size is not None, where
+
+
 def _express(
     objects: tuple[SceneObject, ...], candidates: list[int], kind: str, rng: np.random.Generator
 ) -> tuple[int, Expression] | None:
@@ -677,18 +684,8 @@ def _express(
             if not options:
                 continue
             # Choose the kind of attribute first so that the many location words do not crowd out colour/size.
-            facets = sorted(
-                {(d.colour is not None, d.size is not None, d.location in SUPERLATIVES) for d in options}
-            )
-            facet = _pick(facets, rng)
-            subject = _pick(
-                [
-                    d
-                    for d in options
-                    if (d.colour is not None, d.size is not None, d.location in SUPERLATIVES) == facet
-                ],
-                rng,
-            )
+            facet = _pick(sorted({_facet(d) for d in options}), rng)
+            subject = _pick([d for d in options if _facet(d) == facet], rng)
         else:
             triples = _relation_options(objects, target)
             if not triples:

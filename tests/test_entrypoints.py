@@ -1,0 +1,82 @@
+"""The console scripts end to end on the tiny default: fast_dev_run, a short fit → eval, and overfitting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+from hydra.utils import instantiate
+
+from rsrefseg.build import build_datamodule
+
+BIN = Path(sys.executable).parent
+SMALL = ["data.sizes.val=8", "data.sizes.test=8", "data.batch_size=4", "data.eval_batch_size=4"]
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", RSREFSEG_LOG_DIR=str(cwd / "logs"))
+    result = subprocess.run([str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def test_fast_dev_run(tmp_path):
+    result = run("rsrefseg-train", "debug=fdr", "logger=none", cwd=tmp_path)
+    assert "test/gIoU " in result.stdout
+    (metrics,) = tmp_path.glob("logs/train/runs/*/metrics.json")
+    payload = json.loads(metrics.read_text())
+    assert set(payload["metrics"]) == {"test", "test_shuffled", "all_background", "whole_image"}
+
+
+def test_fit_select_test_then_eval_reproduces_the_selection(tmp_path):
+    run("rsrefseg-train", *SMALL, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2", cwd=tmp_path)
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    payload = json.loads((run_dir / "metrics.json").read_text())
+    best = Path(payload["best_checkpoint"])
+    assert best.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config_resolved.yaml").is_file() and (run_dir / "metrics.md").is_file()
+    test = payload["metrics"]["test"]
+    for key in ["gIoU", "cIoU", "Pr@0.5", "Pr@0.9", "gIoU/relation", "num_samples"]:
+        assert key in test
+    assert payload["metrics"]["all_background"]["gIoU"] == 0.0
+
+    run("rsrefseg-eval", *SMALL, f"ckpt_path={best}", "split=val", cwd=tmp_path)
+    (val,) = tmp_path.glob("logs/eval/runs/*/metrics_val.json")
+    evaluated = json.loads(val.read_text())["metrics"]["val"]["gIoU"]
+    assert evaluated == pytest.approx(payload["selection/val_gIoU"], abs=1e-4)
+
+
+def test_eval_names_a_missing_checkpoint(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RSREFSEG_LOG_DIR=str(tmp_path / "logs"), HYDRA_FULL_ERROR="1")
+    result = subprocess.run([str(BIN / "rsrefseg-eval"), f"ckpt_path={tmp_path}/nope.ckpt"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "nope.ckpt" in result.stderr
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    torch.manual_seed(0)
+    cfg = compose_config("train")
+    net = instantiate(cfg.model, _convert_="partial")
+    loss_fn = instantiate(cfg.loss)
+    datamodule = build_datamodule(cfg.data)
+    batch = next(iter(datamodule.split_dataloader("val")))
+    images, masks, sentences = batch["image"][:4], batch["mask"][:4], batch["sentence"][:4]
+    params = [p for p in [*net.parameters(), *loss_fn.parameters()] if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    losses = []
+    for _ in range(40):
+        out = net(images, sentences)
+        terms = loss_fn(logits=out.logits, targets=masks, q1=out.prompts.q1, q2=out.prompts.q2,
+                        vision_tokens=out.vision_tokens, grid_size=out.grid_size)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+        losses.append(float(terms["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
