@@ -90,3 +90,19 @@ def test_contracts_fail_at_construction():
         CascadedPrompter(**SMALL, use_sparse=False, use_dense=False)
     with pytest.raises(ValueError, match="depths"):
         CascadedPrompter(**SMALL, depths=(2, 0, 2))
+
+
+def test_dense_head_equals_cosine_of_upsampled_features():
+    """The head's shortcut (dot product before upsampling) is the METHOD.md formula exactly."""
+    from rsrefseg.models.prompter.heads import DensePromptHead
+
+    torch.manual_seed(0)
+    head = DensePromptHead(vision_dim=8, embed_dim=6, mask_size=20).eval()
+    tokens, sentence = torch.randn(2, 16, 8), torch.randn(2, 6)
+    scale, bias = torch.tensor(1.5), torch.tensor(-0.5)
+    x = tokens.transpose(1, 2).reshape(2, 8, 4, 4)
+    x = head.conv2(torch.nn.functional.gelu(head.norm(head.conv1(x))))
+    up = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=True)
+    reference = torch.nn.functional.cosine_similarity(up, sentence[:, :, None, None], dim=1)[:, None]
+    reference = reference * scale.exp() + bias
+    torch.testing.assert_close(head(tokens, 4, sentence, scale, bias), reference, atol=1e-5, rtol=1e-5)

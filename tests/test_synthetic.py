@@ -32,7 +32,8 @@ SAMPLES_PER_SPLIT = 500
 
 @pytest.fixture(scope="module")
 def generator() -> SyntheticSceneGenerator:
-    return SyntheticSceneGenerator(seed=0)
+    # the default run's generator (conf/data/synthetic.yaml)
+    return SyntheticSceneGenerator(seed=0, object_scale=1.4)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,12 @@ def test_difficulty_report_meets_the_pinned_numbers(generator: SyntheticSceneGen
     json.dumps(report.as_dict())
 
 
+def test_difficulty_holds_at_the_reference_object_size() -> None:
+    report = difficulty_report(SyntheticSceneGenerator(seed=0), "test", 500)
+    assert report.distractor_share >= 0.8 and report.relation_share >= 0.2
+    assert report.objects_per_scene["min"] >= 3 and report.objects_per_scene["max"] <= 6
+
+
 def test_type_weights_steer_the_mix() -> None:
     only_attributes = SyntheticSceneGenerator(distractor_rate=1.0, type_weights={"attribute": 1.0})
     assert {only_attributes.sample("train", i).expression_type for i in range(50)} == {"attribute"}
@@ -234,6 +241,18 @@ def test_type_weights_steer_the_mix() -> None:
     relations = SyntheticSceneGenerator(distractor_rate=1.0, type_weights={"relation": 1.0})
     kinds = [relations.sample("train", i).expression_type for i in range(100)]
     assert kinds.count("relation") >= 95
+
+
+def test_object_scale_enlarges_objects_and_keeps_one_referent() -> None:
+    plain, larger = SyntheticSceneGenerator(seed=5), SyntheticSceneGenerator(seed=5, object_scale=1.4)
+    areas = {1.0: [], 1.4: []}
+    for index in range(100):
+        for scale, generator in ((1.0, plain), (1.4, larger)):
+            sample = generator.sample("train", index)
+            assert referents(sample.objects, sample.expression) == [sample.target]
+            areas[scale].append(int(sample.mask.sum()))
+    ratio = np.median(areas[1.4]) / np.median(areas[1.0])
+    assert 1.6 < ratio < 2.4, ratio  # area grows with the square of the scale
 
 
 @pytest.mark.parametrize("image_size", [32, 96])
@@ -309,6 +328,7 @@ def test_export_round_trip(generator: SyntheticSceneGenerator, tmp_path: Path) -
         ({"type_weights": {"colour": 1.0}}, "type_weights"),
         ({"type_weights": {"category": -1.0}}, "type_weights"),
         ({"type_weights": {"category": 0.0}}, "type_weights"),
+        ({"object_scale": 3.0}, "object_scale"),
     ],
 )
 def test_bad_generator_arguments(kwargs: dict, name: str) -> None:

@@ -75,10 +75,8 @@ class RefSegModule(pl.LightningModule):
         metric_args = dict(inclusive=inclusive_pr, group_names=tuple(group_names))
         self.val_metrics = ReferringSegmentationMetrics(**metric_args)
         self.test_metrics = ReferringSegmentationMetrics(**metric_args)
-        #: prefix of test metrics; the shuffled-sentence pass sets it to "test_shuffled"
+        #: prefix of logged test metrics (``test/gIoU``); other evaluation passes set their own
         self.test_prefix = "test"
-        #: the last test pass's metrics, as plain floats
-        self.last_test_metrics: dict[str, float] = {}
 
     def parameter_rows(self) -> list[tuple[str, int, int]]:
         """(component, trainable, total) for CLIP, prompter, SAM, the loss's own weights and the total."""
@@ -124,18 +122,15 @@ class RefSegModule(pl.LightningModule):
         self._score(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_metrics = self._log_metrics(self.test_metrics, self.test_prefix)
+        self._log_metrics(self.test_metrics, self.test_prefix)
 
-    def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> dict[str, float]:
+    def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> None:
         # compute() already sums the states over ranks, so the values are global: no sync_dist
         values = {k: float(v) for k, v in metrics.compute().items()}
         metrics.reset()
-        gIoU = values.pop("gIoU", None)
+        if "gIoU" in values:
+            self.log(f"{prefix}/gIoU", values.pop("gIoU"), prog_bar=True)
         self.log_dict({f"{prefix}/{k}": v for k, v in values.items()})
-        if gIoU is not None:
-            self.log(f"{prefix}/gIoU", gIoU, prog_bar=True)
-            values = {"gIoU": gIoU, **values}
-        return values
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

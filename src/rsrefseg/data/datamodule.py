@@ -7,6 +7,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
@@ -119,10 +121,16 @@ class RefSegDataModule(pl.LightningDataModule):
                 self.dataset(split)
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # DistributedSampler pads ranks to equal length by repeating samples, which would count
+            # them twice in the metrics; evaluation shards without repeats instead
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

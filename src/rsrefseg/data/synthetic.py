@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +45,7 @@ from rsrefseg.data.synthetic_render import (
     object_mask,
     scaled,
 )
+from rsrefseg.io import atomic_open
 
 __all__ = [
     "CATEGORIES",
@@ -492,7 +491,10 @@ class SyntheticSceneGenerator:
         max_objects: int = 6,
         distractor_rate: float = 0.85,
         type_weights: Mapping[str, float] | None = None,
+        object_scale: float = 1.0,
     ) -> None:
+        if not (isinstance(object_scale, int | float) and 0.5 <= object_scale <= 2.0):
+            raise ValueError(f"object_scale={object_scale!r}; expected a number in [0.5, 2]")
         if not isinstance(image_size, int) or image_size < 32:
             raise ValueError(f"image_size={image_size!r}; expected an integer >= 32")
         if not isinstance(seed, int) or seed < 0:
@@ -516,6 +518,7 @@ class SyntheticSceneGenerator:
                 f"type_weights={weights}; expected finite non-negative weights with a positive sum"
             )
         self.image_size = image_size
+        self.object_scale = float(object_scale)
         self.seed = seed
         self.min_objects = min_objects
         self.max_objects = max_objects
@@ -626,8 +629,9 @@ class SyntheticSceneGenerator:
         colour = style.colours[int(u_colour * len(style.colours))]
         size_class = SIZE_CLASSES[int(u_size * 2)]
         (long_lo, long_hi), (short_lo, short_hi) = style.small if size_class == "small" else style.large
-        long_side = scaled(long_lo + int(u_long * (long_hi - long_lo + 1)), self.image_size)
-        short_side = scaled(short_lo + int(u_short * (short_hi - short_lo + 1)), self.image_size)
+        scale = self.image_size * self.object_scale
+        long_side = scaled(long_lo + int(u_long * (long_hi - long_lo + 1)), scale)
+        short_side = scaled(short_lo + int(u_short * (short_hi - short_lo + 1)), scale)
         shape_seed = int(u_seed * (1 << 16))
         if style.square:
             return category, colour, size_class, long_side, long_side, "horizontal", shape_seed
@@ -903,11 +907,5 @@ def export_unified_jsonl(
 
 def _write_atomic(path: Path, write: Callable[[Any], object]) -> None:
     """Write ``path`` through a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        write(handle)

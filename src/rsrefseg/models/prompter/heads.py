@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,6 +38,13 @@ class DensePromptHead(nn.Module):
         b, n, c = tokens.shape
         x = tokens.transpose(1, 2).reshape(b, c, grid_size, grid_size)
         x = self.conv2(F.gelu(self.norm(self.conv1(x))))
-        x = F.interpolate(x, size=(self.mask_size, self.mask_size), mode="bilinear", align_corners=True)
-        cos = (F.normalize(x, dim=1) * F.normalize(sentence, dim=-1)[:, :, None, None]).sum(dim=1, keepdim=True)
+        size = (self.mask_size, self.mask_size)
+        # cos(up(x), t) = up(x)·t̂ / |up(x)|, and up() is linear per channel, so the numerator is
+        # upsampled after the dot product at g×g — exact, and C× cheaper than at M×M
+        direction = F.normalize(sentence, dim=-1)[:, :, None, None]
+        dot = F.interpolate((x * direction).sum(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True)
+        norm = torch.linalg.vector_norm(
+            F.interpolate(x, size=size, mode="bilinear", align_corners=True), dim=1, keepdim=True
+        )
+        cos = dot / norm.clamp_min(1e-12)
         return cos * logit_scale.exp() + logit_bias
