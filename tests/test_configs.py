@@ -5,16 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from rsrefseg.build import CONFIG_DIR, build_datamodule
 
 CONF = Path(CONFIG_DIR)
 # groups whose options are selected as `<group>=<option>` on the command line
-GROUPS = ["data", "model", "model/clip", "model/prompter", "model/sam", "loss", "trainer", "logger", "callbacks",
-          "paths", "debug", "experiment"]
+GROUPS = [
+    "data",
+    "model",
+    "model/clip",
+    "model/prompter",
+    "model/sam",
+    "loss",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "debug",
+    "experiment",
+]
 
 
 def options(group: str) -> list[str]:
@@ -36,7 +48,7 @@ def test_eval_config_composes():
 
 
 def test_group_folders_exist():
-    for group in GROUPS + ["hydra"]:
+    for group in [*GROUPS, "hydra"]:
         assert options(group), f"conf/{group}/ has no options"
 
 

@@ -18,8 +18,9 @@ BIN = Path(sys.executable).parent
 def test_default_run_learns_to_read_the_sentence(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", RSREFSEG_LOG_DIR=str(tmp_path / "logs"))
     start = time.monotonic()
-    result = subprocess.run([str(BIN / "rsrefseg-train")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=1500)
+    result = subprocess.run(
+        [str(BIN / "rsrefseg-train")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
+    )
     minutes = (time.monotonic() - start) / 60
     assert result.returncode == 0, result.stderr[-5000:]
     (metrics_file,) = tmp_path.glob("logs/train/runs/*/metrics.json")

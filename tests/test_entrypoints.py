@@ -10,18 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config
 from hydra.utils import instantiate
 
+from conftest import compose_config
 from rsrefseg.build import build_datamodule
 
 BIN = Path(sys.executable).parent
 SMALL = ["data.sizes.val=8", "data.sizes.test=8", "data.batch_size=4", "data.eval_batch_size=4"]
 
 
-def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", RSREFSEG_LOG_DIR=str(cwd / "logs"))
-    result = subprocess.run([str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def run(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "RSREFSEG_LOG_DIR": str(cwd / "logs"),
+        **(env or {}),
+    }
+    result = subprocess.run(
+        [str(BIN / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -35,7 +43,14 @@ def test_fast_dev_run(tmp_path):
 
 
 def test_fit_select_test_then_eval_reproduces_the_selection(tmp_path):
-    run("rsrefseg-train", *SMALL, "logger=none", "trainer.max_steps=4", "trainer.val_check_interval=2", cwd=tmp_path)
+    run(
+        "rsrefseg-train",
+        *SMALL,
+        "logger=none",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        cwd=tmp_path,
+    )
     (run_dir,) = tmp_path.glob("logs/train/runs/*")
     payload = json.loads((run_dir / "metrics.json").read_text())
     best = Path(payload["best_checkpoint"])
@@ -54,8 +69,14 @@ def test_fit_select_test_then_eval_reproduces_the_selection(tmp_path):
 
 def test_eval_names_a_missing_checkpoint(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", RSREFSEG_LOG_DIR=str(tmp_path / "logs"), HYDRA_FULL_ERROR="1")
-    result = subprocess.run([str(BIN / "rsrefseg-eval"), f"ckpt_path={tmp_path}/nope.ckpt"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "rsrefseg-eval"), f"ckpt_path={tmp_path}/nope.ckpt"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "nope.ckpt" in result.stderr
 
@@ -73,22 +94,70 @@ def test_loss_falls_when_overfitting_one_batch():
     losses = []
     for _ in range(60):
         out = net(images, sentences)
-        terms = loss_fn(logits=out.logits, targets=masks, q1=out.prompts.q1, q2=out.prompts.q2,
-                        vision_tokens=out.vision_tokens, grid_size=out.grid_size)
+        terms = loss_fn(
+            logits=out.logits,
+            targets=masks,
+            q1=out.prompts.q1,
+            q2=out.prompts.q2,
+            vision_tokens=out.vision_tokens,
+            grid_size=out.grid_size,
+        )
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()
-        losses.append(float(terms["bce"] + terms["dice"]))
+        losses.append(float(terms["bce"].detach() + terms["dice"].detach()))
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
     """trainer=ddp_sim: gloo DDP with 2 spawned processes — gathered contrastive negatives, summed metrics."""
-    result = run("rsrefseg-train", *SMALL, "logger=none", "trainer=ddp_sim", "trainer.max_steps=2",
-                 "trainer.val_check_interval=2", "shuffled_sentence_test=false", "trivial_baselines=false",
-                 "data.sizes.test=9", cwd=tmp_path)
+    result = run(
+        "rsrefseg-train",
+        *SMALL,
+        "logger=none",
+        "trainer=ddp_sim",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "shuffled_sentence_test=false",
+        "trivial_baselines=false",
+        "data.sizes.test=9",
+        cwd=tmp_path,
+    )
     (metrics,) = tmp_path.glob("logs/train/runs/*/metrics.json")
     test = json.loads(metrics.read_text())["metrics"]["test"]
     # 9 test samples sharded over 2 ranks without the sampler's padding repeat: each counted once
     assert test["num_samples"] == 9
     assert "test/gIoU " in result.stdout
+
+
+def test_multirun_sweep_runs_each_job_in_its_own_folder(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run(
+        "rsrefseg-train",
+        "-m",
+        "debug=fdr",
+        "logger=none",
+        "model.prompter.depths=[1,1,1],[1,2,1]",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    jobs = sorted(sweep_dir.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    depths = [(job.parent / "config_resolved.yaml").read_text() for job in jobs]
+    assert "- 1\n    - 2\n    - 1" in depths[1] or "[1, 2, 1]" in depths[1]
+
+
+def test_wandb_logger_offline_writes_a_finished_run(tmp_path):
+    run(
+        "rsrefseg-train",
+        *SMALL,
+        "logger=wandb",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+        "shuffled_sentence_test=false",
+        "trivial_baselines=false",
+        cwd=tmp_path,
+        env={"WANDB_MODE": "offline"},
+    )
+    (offline,) = tmp_path.glob("logs/train/runs/*/wandb/offline-run-*")
+    assert list(offline.glob("*.wandb"))

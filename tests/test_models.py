@@ -1,12 +1,12 @@
-"""The composed network on the tiny backbones: shapes, per-image decoding, batch invariance, fine-tune modes."""
+"""The composed tiny network: shapes, per-image decoding, batch invariance, fine-tune modes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_net, compose_config
 from hydra.utils import instantiate
 
+from conftest import build_tiny_net, compose_config
 from rsrefseg.models import build_sam_vit
 
 SENTENCES = ["the small red car left of the large building", "the ship", "white storage tank at the top"]
@@ -70,8 +70,11 @@ def test_lora_freezes_base_weights_and_changes_output_after_a_step():
     assert any(".visual." in n for n in lora) and any("resblocks" in n and ".visual." not in n for n in lora)
     assert any("projection_lora" in n for n in lora) and any("sam.image_encoder.neck" in n for n in lora)
     assert any("attn.qkv" in n for n in lora) and any("attn.proj" in n for n in lora)
-    base = {n: p.detach().clone() for n, p in named.items() if n.startswith(("clip.model.visual", "sam.image_encoder"))
-            and "lora_" not in n}
+    base = {
+        n: p.detach().clone()
+        for n, p in named.items()
+        if n.startswith(("clip.model.visual", "sam.image_encoder")) and "lora_" not in n
+    }
     assert all(not named[n].requires_grad for n in base)
 
     net.eval()
@@ -103,13 +106,18 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_net):
     """DDP without find_unused_parameters needs this."""
     cfg = compose_config("train")
     loss = instantiate(cfg.loss)
-    out = tiny_net.train()(torch.rand(4, 3, 64, 64), SENTENCES + ["the tree"])
+    out = tiny_net.train()(torch.rand(4, 3, 64, 64), [*SENTENCES, "the tree"])
     masks = (torch.rand(4, 1, 64, 64) > 0.7).float()
-    terms = loss(logits=out.logits, targets=masks, q1=out.prompts.q1, q2=out.prompts.q2,
-                 vision_tokens=out.vision_tokens, grid_size=out.grid_size)
+    terms = loss(
+        logits=out.logits,
+        targets=masks,
+        q1=out.prompts.q1,
+        q2=out.prompts.q2,
+        vision_tokens=out.vision_tokens,
+        grid_size=out.grid_size,
+    )
     terms["loss"].backward()
     missing = [n for n, p in tiny_net.named_parameters() if p.requires_grad and p.grad is None]
-    # the text tokens of the vocabulary are a lookup table: only used ids get gradients, but the tensor has one
     assert missing == []
 
 
@@ -132,5 +140,5 @@ def test_sam_checkpoint_round_trip_and_strict_errors(tmp_path):
     other = dict(args, encoder_depth=3, encoder_global_attn_indexes=[2])
     with pytest.raises(ValueError, match=r"sam_tiny\.pth.*missing \[image_encoder\.blocks\.2"):
         build_sam_vit(**other, checkpoint=str(path))
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
         build_sam_vit(**args, checkpoint=str(tmp_path / "nowhere.pth"))

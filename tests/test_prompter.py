@@ -9,8 +9,17 @@ from rsrefseg.models import CascadedPrompter
 from rsrefseg.models.blocks import masked_adaptive_avg_pool
 
 PAPER = dict(vision_dim=1152, text_dim=1152, embed_dim=1152, grid_size=32, prompt_dim=256, mask_size=256)
-SMALL = dict(vision_dim=48, text_dim=40, embed_dim=32, grid_size=4, prompt_dim=24, mask_size=16,
-             internal_dim=32, num_heads=4, mlp_dim=32)
+SMALL = dict(
+    vision_dim=48,
+    text_dim=40,
+    embed_dim=32,
+    grid_size=4,
+    prompt_dim=24,
+    mask_size=16,
+    internal_dim=32,
+    num_heads=4,
+    mlp_dim=32,
+)
 
 
 def test_paper_size_parameter_count():
@@ -40,7 +49,7 @@ def test_output_shapes():
 
 
 def test_padding_does_not_change_a_sample():
-    """Flaw 1 fixed: extra padding (a longer sentence elsewhere in the batch) leaves a sample's output unchanged."""
+    """Flaw 1 fixed: padding from a longer sentence elsewhere in the batch changes nothing."""
     torch.manual_seed(0)
     prompter = CascadedPrompter(**SMALL).eval()
     short = _inputs(b=1, length=5)

@@ -27,7 +27,8 @@ def trivial_baselines(
     """
     makers = {"all_background": torch.zeros_like, "whole_image": torch.ones_like}
     metrics = {
-        name: ReferringSegmentationMetrics(inclusive=inclusive_pr, group_names=tuple(group_names)) for name in makers
+        name: ReferringSegmentationMetrics(inclusive=inclusive_pr, group_names=tuple(group_names))
+        for name in makers
     }
     for sample in samples:
         target = sample.get("original_mask")

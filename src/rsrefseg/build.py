@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import hydra
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -47,9 +47,12 @@ def build_datamodule(data_cfg: DictConfig) -> RefSegDataModule:
 
 
 def build_module(
-    cfg: DictConfig | Mapping[str, Any], datamodule: RefSegDataModule, *, run_config: Mapping[str, Any] | None = None
+    cfg: DictConfig | Mapping[str, Any],
+    datamodule: RefSegDataModule,
+    *,
+    run_config: Mapping[str, Any] | None = None,
 ) -> RefSegModule:
-    """The LightningModule of a run (network, loss, optimizer, schedule) from the ``model``/``loss``/... nodes."""
+    """The run's LightningModule (network, loss, optimizer, schedule) from the config nodes."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     net = instantiate(cfg.model, _convert_="partial")
     loss = instantiate(cfg.loss)
@@ -78,7 +81,9 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def finish_loggers(loggers: list[Any]) -> None:

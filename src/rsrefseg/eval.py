@@ -28,7 +28,9 @@ def load_module(ckpt_path: str | Path, datamodule: Any, *, metrics: Any = None) 
     """Rebuild the run's module from the config stored in a checkpoint and load its weights strictly."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (set ckpt_path=<file written by rsrefseg-train>)")
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (set ckpt_path=<file written by rsrefseg-train>)"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     run_config = checkpoint.get("rsrefseg_config")
     if not run_config:

@@ -32,7 +32,7 @@ def evaluate_splits(
         module.test_prefix = prefix
         loader = datamodule.split_dataloader(split, shuffle_sentences=shuffled)
         trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
-        # callback_metrics, not the module: with ddp_spawn the module that scored lives in another process
+        # read back what was logged: with a spawning strategy the module that scored lives in another process
         columns[prefix] = {
             key[len(prefix) + 1 :]: float(value)
             for key, value in trainer.callback_metrics.items()

@@ -49,7 +49,9 @@ def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that saves through a temporary file and an atomic rename."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO takes no storage_options, got {storage_options!r}")
         with atomic_open(path) as handle:

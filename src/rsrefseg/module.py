@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,10 @@ from torch import Tensor
 from rsrefseg.losses import ReferringLoss
 from rsrefseg.metrics import ReferringSegmentationMetrics
 from rsrefseg.models import RSRefSeg2, parameter_report
+
+# Metric values are summed over ranks inside the Metric before they are logged; Lightning's advice
+# to add sync_dist would average already-global numbers.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -110,7 +115,9 @@ class RefSegModule(pl.LightningModule):
         sizes = batch.get("original_size") or [t.shape[-2:] for t in targets]
         preds = predict_masks(logits, sizes, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
-        metrics.update(preds, [t.bool().reshape(p.shape) for t, p in zip(targets, preds, strict=True)], groups)
+        metrics.update(
+            preds, [t.bool().reshape(p.shape) for t, p in zip(targets, preds, strict=True)], groups
+        )
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metrics)

@@ -50,7 +50,9 @@ def plain_lines(prefix: str, values: Mapping[str, float]) -> str:
     return "\n".join(f"{prefix}/{k} {v:.4f}" for k, v in values.items())
 
 
-def save_results(output_dir: str | Path, payload: Mapping, columns: Columns, *, stem: str = "metrics") -> Path:
+def save_results(
+    output_dir: str | Path, payload: Mapping, columns: Columns, *, stem: str = "metrics"
+) -> Path:
     """Write ``<stem>.json`` (everything) and ``<stem>.md`` (the table) atomically; return the JSON path."""
     output_dir = Path(output_dir)
     atomic_write_text(output_dir / f"{stem}.md", markdown_table(columns))

@@ -1,8 +1,8 @@
 """`rsrefseg-train`: fit, select the checkpoint on val, test it once, report and save the metrics.
 
-    rsrefseg-train                                   # the synthetic default on CPU
-    rsrefseg-train model/clip=tiny trainer=gpu ...   # any composition
-    rsrefseg-train -m model.prompter.depths=[1,1,1],[2,2,2]   # a sweep
+rsrefseg-train                                   # the synthetic default on CPU
+rsrefseg-train model/clip=tiny trainer=gpu ...   # any composition
+rsrefseg-train -m model.prompter.depths=[1,1,1],[2,2,2]   # a sweep
 """
 
 from __future__ import annotations
@@ -45,6 +45,35 @@ def print_parameters(rows: list[tuple[str, int, int]], console: Console) -> None
     console.print(table)
 
 
+def print_data_report(report: dict[str, dict[str, Any]], console: Console) -> None:
+    """One column per split, one row per scalar statistic (nested ones flattened with '/')."""
+    flat = {split: _flatten(values) for split, values in report.items()}
+    table = Table(title="data")
+    table.add_column("statistic")
+    for split in flat:
+        table.add_column(split, justify="right")
+    rows = list(dict.fromkeys(k for values in flat.values() for k in values))
+    for row in rows:
+        table.add_row(row, *(_format(flat[split].get(row)) for split in flat))
+    console.print(table)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "–"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the results payload (also written to ``metrics.json``)."""
     prepare_process()
@@ -61,8 +90,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.split_factories["val"] = datamodule.split_factories["test"]
     module = build_module(cfg, datamodule, run_config=run_config)
     console = Console()
+    data_report = datamodule.describe()
     if pl.utilities.rank_zero_only.rank == 0:
         print_parameters(module.parameter_rows(), console)
+        if data_report:
+            print_data_report(data_report, console)
 
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
     try:
@@ -76,10 +108,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "best_checkpoint": best_path or None,
             f"selection/{cfg.select_on}_gIoU": float(best_score) if best_score is not None else None,
             "global_step": trainer.global_step,
+            "data": data_report,
         }
         if cfg.test_after_fit:
             if not best_path:
-                log.warning("no checkpoint was selected (fast_dev_run or no validation): testing the final weights")
+                log.warning(
+                    "no checkpoint was selected (fast_dev_run or no validation): testing the final weights"
+                )
             columns = evaluate_splits(
                 trainer,
                 module,
@@ -91,7 +126,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
             payload["metrics"] = columns
             if trainer.is_global_zero:
-                print_table(columns, title=f"test split — checkpoint selected on {cfg.select_on}", console=console)
+                print_table(
+                    columns, title=f"test split — checkpoint selected on {cfg.select_on}", console=console
+                )
                 print(plain_lines("test", columns["test"]))
         if trainer.is_global_zero:
             path = save_results(output_dir, payload, payload.get("metrics", {}))

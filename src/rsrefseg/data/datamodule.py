@@ -114,6 +114,14 @@ class RefSegDataModule(pl.LightningDataModule):
             self.datasets[split] = dataset
         return self.datasets[split]
 
+    def describe(self) -> dict[str, Any]:
+        """Per-split statistics from datasets that can describe themselves (``dataset.describe()``)."""
+        return {
+            split: self.dataset(split).describe()  # type: ignore[attr-defined]
+            for split in self.split_factories
+            if hasattr(self.dataset(split), "describe")
+        }
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
         for split in wanted:

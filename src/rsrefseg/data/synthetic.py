@@ -816,6 +816,10 @@ class SyntheticRefSegDataset(Dataset):
         self.split = split
         self.length = length
 
+    def describe(self, *, max_samples: int = 1000) -> dict[str, Any]:
+        """The split's difficulty report (on its first ``max_samples`` samples), as a plain dict."""
+        return difficulty_report(self.generator, self.split, min(self.length, max_samples)).as_dict()
+
     def __len__(self) -> int:
         return self.length
 

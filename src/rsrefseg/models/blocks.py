@@ -48,7 +48,11 @@ class Attention(nn.Module):
         Returns:
             B×Nq×q_dim.
         """
-        q, k, v = self._split_heads(self.q_proj(q)), self._split_heads(self.k_proj(k)), self._split_heads(self.v_proj(v))
+        q, k, v = (
+            self._split_heads(self.q_proj(q)),
+            self._split_heads(self.k_proj(k)),
+            self._split_heads(self.v_proj(v)),
+        )
         attn_mask = None
         if key_padding_mask is not None:
             attn_mask = ~key_padding_mask[:, None, None, :]  # SDPA keeps positions where the mask is True

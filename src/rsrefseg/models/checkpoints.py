@@ -25,12 +25,14 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, so
         if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     if missing or unexpected or mismatched:
+
         def head(items: list[str]) -> str:
             return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
 
         raise ValueError(
             f"checkpoint {source} does not fit {type(module).__name__}: "
             f"{len(missing)} missing [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
-            f"{len(mismatched)} shape mismatches [{head(mismatched)}]. Check that the config's size matches the file."
+            f"{len(mismatched)} shape mismatches [{head(mismatched)}]. "
+            "Check that the config's size matches the file."
         )
     module.load_state_dict(state, strict=True)

@@ -51,7 +51,8 @@ def build_open_clip_model(
         raise ValueError("build_open_clip_model: give either 'name' (an open_clip architecture) or 'config'")
     if not isinstance(model, CLIP):
         raise TypeError(
-            f"build_open_clip_model: {name!r} builds {type(model).__name__}; ClipEncoder supports open_clip.CLIP"
+            f"build_open_clip_model: {name!r} builds {type(model).__name__}; "
+            "ClipEncoder supports open_clip.CLIP"
         )
     return model
 
@@ -145,13 +146,20 @@ class ClipEncoder(nn.Module):
             "grid_size": visual.grid_size[0],
             "image_size": visual.image_size[0],
         }
-        stated = dict(vision_dim=vision_dim, text_dim=text_dim, embed_dim=embed_dim, grid_size=grid_size,
-                      image_size=image_size)
+        stated = dict(
+            vision_dim=vision_dim,
+            text_dim=text_dim,
+            embed_dim=embed_dim,
+            grid_size=grid_size,
+            image_size=image_size,
+        )
         wrong = {k: (stated[k], actual[k]) for k in stated if stated[k] != actual[k]}
         if wrong:
             raise ValueError(f"ClipEncoder config disagrees with the built model (stated, actual): {wrong}")
         preprocess = get_model_preprocess_cfg(model)
-        self.register_buffer("mean", torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1), False)
+        self.register_buffer(
+            "mean", torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1), False
+        )
         self.register_buffer("std", torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1), False)
         self.projection_lora: ProjectionLoRA | None = None
         if model.logit_bias is None:
@@ -184,13 +192,18 @@ class ClipEncoder(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns V0, B×g²×C_v patch tokens after the final norm."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         _, tokens = self.model.visual((images - self.mean) / self.std)
         return tokens
 
     def tokenize(self, sentences: Sequence[str]) -> Tensor:
-        """B sentences → B×L token ids, truncated to the tokenizer's context length, trimmed to the longest."""
+        """B sentences → B×L token ids (truncated to the context length, trimmed to the longest)."""
         ids = self.tokenizer(list(sentences))
         length = int((ids != self.pad_token_id).sum(dim=1).max())
         return ids[:, :length]
@@ -207,7 +220,9 @@ class ClipEncoder(nn.Module):
         x = model.token_embedding(ids) + model.positional_embedding[:length]
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
         x = model.ln_final(x)
-        pooled = text_global_pool(x, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+        pooled = text_global_pool(
+            x, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+        )
         proj = model.text_projection
         if isinstance(proj, nn.Linear):
             pooled = proj(pooled)

@@ -61,16 +61,21 @@ class RSRefSeg2(nn.Module):
 
     def forward(self, images: Tensor, sentences: Sequence[str]) -> RSRefSeg2Output:
         """Args:
-            images: B×3×H×W in [0, 1] (each branch resizes to its own input size).
-            sentences: B referring expressions.
+        images: B×3×H×W in [0, 1] (each branch resizes to its own input size).
+        sentences: B referring expressions.
         """
         if len(sentences) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(sentences)} sentences")
         vision_tokens = self.clip.encode_image(images)
         text = self.clip.encode_text(sentences)
         prompts = self.prompter(
-            vision_tokens, text.tokens, text.padding_mask, text.sentence, self.clip.logit_scale, self.clip.logit_bias
+            vision_tokens,
+            text.tokens,
+            text.padding_mask,
+            text.sentence,
+            self.clip.logit_scale,
+            self.clip.logit_bias,
         )
         logits = self.sam.decode(self.sam.encode_image(images), prompts.sparse, prompts.dense)
-        grid = int(round(vision_tokens.shape[1] ** 0.5))
+        grid = round(vision_tokens.shape[1] ** 0.5)
         return RSRefSeg2Output(logits=logits, prompts=prompts, vision_tokens=vision_tokens, grid_size=grid)

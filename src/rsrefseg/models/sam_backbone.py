@@ -60,7 +60,10 @@ def build_sam_vit(
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=decoder_depth, embedding_dim=prompt_dim, mlp_dim=decoder_mlp_dim, num_heads=decoder_num_heads
+                depth=decoder_depth,
+                embedding_dim=prompt_dim,
+                mlp_dim=decoder_mlp_dim,
+                num_heads=decoder_num_heads,
             ),
             transformer_dim=prompt_dim,
             iou_head_depth=3,
@@ -96,7 +99,11 @@ class SamBackbone(nn.Module):
 
     def __init__(self, *, sam: Sam, prompt_dim: int, image_size: int, mask_size: int) -> None:
         super().__init__()
-        self.image_encoder, self.prompt_encoder, self.mask_decoder = sam.image_encoder, sam.prompt_encoder, sam.mask_decoder
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = (
+            sam.image_encoder,
+            sam.prompt_encoder,
+            sam.mask_decoder,
+        )
         self.register_buffer("pixel_mean", sam.pixel_mean.view(1, 3, 1, 1).clone(), persistent=False)
         self.register_buffer("pixel_std", sam.pixel_std.view(1, 3, 1, 1).clone(), persistent=False)
         self.prompt_dim, self.image_size, self.mask_size = prompt_dim, image_size, mask_size
@@ -113,8 +120,13 @@ class SamBackbone(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns B×d×h×w image embeddings (h = w = image_size / patch)."""
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
+            images = F.interpolate(
+                images,
+                size=(self.image_size, self.image_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         return self.image_encoder((images * 255.0 - self.pixel_mean) / self.pixel_std)
 
     def decode(self, image_embeddings: Tensor, sparse: Tensor | None, dense: Tensor | None) -> Tensor:
@@ -148,8 +160,12 @@ class SamBackbone(nn.Module):
         """Freeze what no loss reaches: multimask and IoU heads, point embeddings, the unused mask branch."""
         decoder, pe = self.mask_decoder, self.prompt_encoder
         # point and box prompts are never given: the prompter's sparse tokens replace them
-        unused = [decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:], pe.point_embeddings,
-                  pe.not_a_point_embed]
+        unused = [
+            decoder.iou_prediction_head,
+            *decoder.output_hypernetworks_mlps[1:],
+            pe.point_embeddings,
+            pe.not_a_point_embed,
+        ]
         unused.append(pe.no_mask_embed if uses_dense else pe.mask_downscaling)
         for module in unused:
             module.requires_grad_(False)

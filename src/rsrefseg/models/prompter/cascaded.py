@@ -40,13 +40,17 @@ class DecompositionLayer(nn.Module):
 class ActivationLayer(nn.Module):
     """Stage 1: a query set refines itself, then every image token reads it (one layer)."""
 
-    def __init__(self, vision_dim: int, text_dim: int, *, internal_dim: int, num_heads: int, mlp_dim: int) -> None:
+    def __init__(
+        self, vision_dim: int, text_dim: int, *, internal_dim: int, num_heads: int, mlp_dim: int
+    ) -> None:
         super().__init__()
         attn = dict(internal_dim=internal_dim, num_heads=num_heads)
         self.query_self = AttentionLayer(text_dim, text_dim, **attn)
         self.image_from_query = CrossAttentionMLP(vision_dim, text_dim, mlp_dim=mlp_dim, **attn)
 
-    def forward(self, image: Tensor, image_pe: Tensor, query: Tensor, query_pe: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, image: Tensor, image_pe: Tensor, query: Tensor, query_pe: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Args: image B×g²×C_v, image_pe 1×g²×C_v, query B×N×C_t, query_pe 1×N×C_t."""
         query = self.query_self(query, query_pe, query, query_pe)
         image = self.image_from_query(image, image_pe, query, query_pe)
@@ -54,10 +58,17 @@ class ActivationLayer(nn.Module):
 
 
 class PromptLayer(nn.Module):
-    """Stage 2: Q2 re-activates the image tokens, then SAM's prompt tokens read Q2 and the image (one layer)."""
+    """Stage 2: Q2 re-activates the image tokens; SAM's prompt tokens read Q2 and the image (one layer)."""
 
     def __init__(
-        self, vision_dim: int, text_dim: int, prompt_dim: int, *, internal_dim: int, num_heads: int, mlp_dim: int
+        self,
+        vision_dim: int,
+        text_dim: int,
+        prompt_dim: int,
+        *,
+        internal_dim: int,
+        num_heads: int,
+        mlp_dim: int,
     ) -> None:
         super().__init__()
         attn = dict(internal_dim=internal_dim, num_heads=num_heads)
@@ -67,7 +78,13 @@ class PromptLayer(nn.Module):
         self.prompt_from_image = CrossAttentionMLP(prompt_dim, vision_dim, mlp_dim=mlp_dim, **attn)
 
     def forward(
-        self, image: Tensor, image_pe: Tensor, query: Tensor, query_pe: Tensor, prompt: Tensor, prompt_pe: Tensor
+        self,
+        image: Tensor,
+        image_pe: Tensor,
+        query: Tensor,
+        query_pe: Tensor,
+        prompt: Tensor,
+        prompt_pe: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Args as :class:`ActivationLayer` plus prompt B×P×d and prompt_pe 1×P×d."""
         image, query = self.activation(image, image_pe, query, query_pe)
@@ -137,13 +154,17 @@ class CascadedPrompter(nn.Module):
         self.prompt_pe = nn.Parameter(torch.randn(num_prompts, prompt_dim) * pe_init_std)
 
         self.decomposition = nn.ModuleList(DecompositionLayer(text_dim, **widths) for _ in range(depths[0]))
-        self.first_order = nn.ModuleList(ActivationLayer(vision_dim, text_dim, **widths) for _ in range(depths[1]))
+        self.first_order = nn.ModuleList(
+            ActivationLayer(vision_dim, text_dim, **widths) for _ in range(depths[1])
+        )
         self.second_order = nn.ModuleList(
             PromptLayer(vision_dim, text_dim, prompt_dim, **widths) for _ in range(depths[2])
         )
         self.sparse_head = MLP(prompt_dim, hidden_dim=mlp_dim) if use_sparse else None
         self.dense_head = (
-            DensePromptHead(vision_dim=vision_dim, embed_dim=embed_dim, mask_size=mask_size) if use_dense else None
+            DensePromptHead(vision_dim=vision_dim, embed_dim=embed_dim, mask_size=mask_size)
+            if use_dense
+            else None
         )
 
     def _image_pe(self, grid_size: int) -> Tensor:
@@ -173,7 +194,7 @@ class CascadedPrompter(nn.Module):
             :class:`PrompterOutput` with sparse B×P×d, dense B×1×M×M, q1 and q2 B×N×C_t.
         """
         b, n, _ = image_tokens.shape
-        grid_size = int(round(n**0.5))
+        grid_size = round(n**0.5)
         if grid_size * grid_size != n:
             raise ValueError(f"image_tokens must form a square grid, got {n} tokens")
         mask = text_padding_mask if self.text_padding_mask else None
@@ -197,6 +218,8 @@ class CascadedPrompter(nn.Module):
 
         sparse = self.sparse_head(prompt) if self.sparse_head is not None else None
         dense = (
-            self.dense_head(image, grid_size, sentence, logit_scale, logit_bias) if self.dense_head is not None else None
+            self.dense_head(image, grid_size, sentence, logit_scale, logit_bias)
+            if self.dense_head is not None
+            else None
         )
         return PrompterOutput(sparse=sparse, dense=dense, q1=q1, q2=q2)

@@ -25,7 +25,9 @@ class DensePromptHead(nn.Module):
         self.norm = nn.BatchNorm2d(vision_dim // 2)
         self.conv2 = nn.Conv2d(vision_dim // 2, embed_dim, kernel_size=3, padding=1)
 
-    def forward(self, tokens: Tensor, grid_size: int, sentence: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, grid_size: int, sentence: Tensor, logit_scale: Tensor, logit_bias: Tensor
+    ) -> Tensor:
         """Args:
             tokens: B×g²×C image tokens (row-major grid).
             grid_size: g.
@@ -35,14 +37,16 @@ class DensePromptHead(nn.Module):
         Returns:
             B×1×M×M logits.
         """
-        b, n, c = tokens.shape
+        b, _, c = tokens.shape
         x = tokens.transpose(1, 2).reshape(b, c, grid_size, grid_size)
         x = self.conv2(F.gelu(self.norm(self.conv1(x))))
         size = (self.mask_size, self.mask_size)
         # cos(up(x), t) = up(x)·t̂ / |up(x)|, and up() is linear per channel, so the numerator is
         # upsampled after the dot product at g×g — exact, and C× cheaper than at M×M
         direction = F.normalize(sentence, dim=-1)[:, :, None, None]
-        dot = F.interpolate((x * direction).sum(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True)
+        dot = F.interpolate(
+            (x * direction).sum(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True
+        )
         norm = torch.linalg.vector_norm(
             F.interpolate(x, size=size, mode="bilinear", align_corners=True), dim=1, keepdim=True
         )
