@@ -80,7 +80,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(run_config))
+    is_rank_zero = pl.utilities.rank_zero_only.rank == 0
+    if is_rank_zero:
+        atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(run_config))
 
     datamodule = build_datamodule(cfg.data)
     if cfg.select_on not in ("val", "test"):
@@ -91,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, datamodule, run_config=run_config)
     console = Console()
     data_report = datamodule.describe()
-    if pl.utilities.rank_zero_only.rank == 0:
+    if is_rank_zero:
         print_parameters(module.parameter_rows(), console)
         if data_report:
             print_data_report(data_report, console)
