@@ -94,14 +94,7 @@ def test_loss_falls_when_overfitting_one_batch():
     losses = []
     for _ in range(60):
         out = net(images, sentences)
-        terms = loss_fn(
-            logits=out.logits,
-            targets=masks,
-            q1=out.prompts.q1,
-            q2=out.prompts.q2,
-            vision_tokens=out.vision_tokens,
-            grid_size=out.grid_size,
-        )
+        terms = loss_fn.for_output(out, masks)
         optimizer.zero_grad()
         terms["loss"].backward()
         optimizer.step()

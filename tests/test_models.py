@@ -108,14 +108,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_net):
     loss = instantiate(cfg.loss)
     out = tiny_net.train()(torch.rand(4, 3, 64, 64), [*SENTENCES, "the tree"])
     masks = (torch.rand(4, 1, 64, 64) > 0.7).float()
-    terms = loss(
-        logits=out.logits,
-        targets=masks,
-        q1=out.prompts.q1,
-        q2=out.prompts.q2,
-        vision_tokens=out.vision_tokens,
-        grid_size=out.grid_size,
-    )
+    terms = loss.for_output(out, masks)
     terms["loss"].backward()
     missing = [n for n, p in tiny_net.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []

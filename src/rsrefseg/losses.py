@@ -7,6 +7,7 @@ InfoNCE logits lose too much precision otherwise.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -236,6 +237,24 @@ class ReferringLoss(nn.Module):
                 "pass contrastive=... or set contrastive_weight=0"
             )
         self.contrastive = contrastive
+
+    def for_output(self, output: Any, targets: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
+        """The terms for a network output (logits, prompts.q1 / q2, vision_tokens, grid_size).
+
+        Args:
+            output: an ``RSRefSeg2Output`` (or anything with those attributes).
+            targets: B×1×H×W float ground truth.
+            valid: optional B×1×H×W bool mask of pixels that count.
+        """
+        return self(
+            logits=output.logits,
+            targets=targets,
+            q1=output.prompts.q1,
+            q2=output.prompts.q2,
+            vision_tokens=output.vision_tokens,
+            grid_size=output.grid_size,
+            valid=valid,
+        )
 
     def forward(
         self,

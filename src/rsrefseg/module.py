@@ -93,15 +93,7 @@ class RefSegModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self.net(batch["image"], batch["sentence"])
-        terms = self.loss(
-            logits=out.logits,
-            targets=batch["mask"],
-            q1=out.prompts.q1,
-            q2=out.prompts.q2,
-            vision_tokens=out.vision_tokens,
-            grid_size=out.grid_size,
-            valid=batch.get("valid"),
-        )
+        terms = self.loss.for_output(out, batch["mask"], batch.get("valid"))
         bs = batch["image"].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)

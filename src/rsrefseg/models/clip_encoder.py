@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from open_clip.model import CLIP, get_model_preprocess_cfg
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
+
+from rsrefseg.models.contracts import check_dimensions, resize_square
 
 # OpenAI CLIP's normalisation, open_clip's default when a model carries none.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -153,9 +154,7 @@ class ClipEncoder(nn.Module):
             grid_size=grid_size,
             image_size=image_size,
         )
-        wrong = {k: (stated[k], actual[k]) for k in stated if stated[k] != actual[k]}
-        if wrong:
-            raise ValueError(f"ClipEncoder config disagrees with the built model (stated, actual): {wrong}")
+        check_dimensions("ClipEncoder", stated, actual)
         preprocess = get_model_preprocess_cfg(model)
         self.register_buffer(
             "mean", torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1), False
@@ -191,14 +190,7 @@ class ClipEncoder(nn.Module):
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns V0, B×g²×C_v patch tokens after the final norm."""
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(
-                images,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        images = resize_square(images, self.image_size)
         _, tokens = self.model.visual((images - self.mean) / self.std)
         return tokens
 

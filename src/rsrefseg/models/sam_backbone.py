@@ -6,11 +6,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
 from rsrefseg.models.checkpoints import load_state_dict_strict
+from rsrefseg.models.contracts import check_dimensions, resize_square
 
 
 def build_sam_vit(
@@ -113,20 +113,11 @@ class SamBackbone(nn.Module):
             "mask_size": self.prompt_encoder.mask_input_size[0],
         }
         stated = dict(prompt_dim=prompt_dim, image_size=image_size, mask_size=mask_size)
-        wrong = {k: (stated[k], actual[k]) for k in stated if stated[k] != actual[k]}
-        if wrong:
-            raise ValueError(f"SamBackbone config disagrees with the built model (stated, actual): {wrong}")
+        check_dimensions("SamBackbone", stated, actual)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns B×d×h×w image embeddings (h = w = image_size / patch)."""
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(
-                images,
-                size=(self.image_size, self.image_size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
+        images = resize_square(images, self.image_size)
         return self.image_encoder((images * 255.0 - self.pixel_mean) / self.pixel_std)
 
     def decode(self, image_embeddings: Tensor, sparse: Tensor | None, dense: Tensor | None) -> Tensor:
