@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -38,3 +44,39 @@ def build_tiny_net(overrides: list[str] | None = None, seed: int = 0):
 @pytest.fixture
 def tiny_net():
     return build_tiny_net()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _gloo_rank(worker: Callable[[int, int, str], None], rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        worker(rank, 2, out_dir)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_two_gloo_ranks(worker: Callable[[int, int, str], None], out_dir: Path) -> list:
+    """Run ``worker(rank, world_size, out_dir)`` on two gloo ranks; return what each saved as ``<rank>.pt``.
+
+    Rank 0 runs in this (already warm) process and only rank 1 is spawned: a spawned child re-imports
+    torch and torchmetrics, which dominates such a test's run time. ``worker`` must be a module-level
+    function (it is pickled for the child) and save its result with ``torch.save``.
+    """
+    port = _free_port()
+    child = mp.get_context("spawn").Process(target=_gloo_rank, args=(worker, 1, port, str(out_dir)))
+    child.start()
+    try:
+        _gloo_rank(worker, 0, port, str(out_dir))
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():
+            child.terminate()
+    assert child.exitcode == 0, f"rank 1 exited with {child.exitcode}"
+    return [torch.load(out_dir / f"{rank}.pt") for rank in range(2)]

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from conftest import run_on_two_gloo_ranks
 from rsrefseg.losses import ContrastiveLoss, ReferringLoss, _pooling_weights, dice_loss, orthogonality_loss
 
 GRID = 4
@@ -170,12 +168,6 @@ def test_referring_loss_ignores_pixels_outside_valid() -> None:
     assert loss_fn(**{**inputs, "logits": changed})["bce"].item() != pytest.approx(before["bce"].item())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _ddp_batch() -> tuple[Tensor, Tensor, Tensor]:
     """Six samples with distinct masks (one a fallback-sized object): tokens B×16×8, masks, q2 B×3×6."""
     gen = torch.Generator().manual_seed(2)
@@ -192,47 +184,26 @@ def _make_contrastive() -> ContrastiveLoss:
     return ContrastiveLoss(vision_dim=8, text_dim=6)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        loss_fn = _make_contrastive()
-        tokens, masks, q2 = _ddp_batch()
-        results: dict[str, float] = {}
-        for name, bounds in {"even": ((0, 3), (3, 6)), "uneven": ((0, 4), (4, 6))}.items():
-            start, stop = bounds[rank]
-            local_tokens = tokens[start:stop].clone().requires_grad_(True)
-            local_q2 = q2[start:stop].clone().requires_grad_(True)
-            loss = loss_fn(local_tokens, GRID, masks[start:stop], local_q2)
-            loss.backward()
-            results[name] = loss.item()
-            grads = (local_tokens.grad, local_q2.grad)
-            results[f"{name}_grad"] = min(0.0 if g is None else g.abs().sum().item() for g in grads)
-        torch.save(results, f"{out_dir}/{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
+    loss_fn = _make_contrastive()
+    tokens, masks, q2 = _ddp_batch()
+    results: dict[str, float] = {}
+    for name, bounds in {"even": ((0, 3), (3, 6)), "uneven": ((0, 4), (4, 6))}.items():
+        start, stop = bounds[rank]
+        local_tokens = tokens[start:stop].clone().requires_grad_(True)
+        local_q2 = q2[start:stop].clone().requires_grad_(True)
+        loss = loss_fn(local_tokens, GRID, masks[start:stop], local_q2)
+        loss.backward()
+        results[name] = loss.item()
+        grads = (local_tokens.grad, local_q2.grad)
+        results[f"{name}_grad"] = min(0.0 if g is None else g.abs().sum().item() for g in grads)
+    torch.save(results, f"{out_dir}/{rank}.pt")
 
 
 def test_two_process_gloo_gathered_loss_equals_single_process(tmp_path: Path) -> None:
     tokens, masks, q2 = _ddp_batch()
     single = _make_contrastive()(tokens, GRID, masks, q2).item()
-    # Rank 0 runs here and only rank 1 is spawned, which halves the torch import cost.
-    port = _free_port()
-    child = mp.get_context("spawn").Process(target=_ddp_worker, args=(1, 2, port, str(tmp_path)))
-    child.start()
-    try:
-        _ddp_worker(0, 2, port, str(tmp_path))
-    finally:
-        child.join(timeout=60)
-        if child.is_alive():
-            child.terminate()
-    assert child.exitcode == 0
-    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    ranks = run_on_two_gloo_ranks(_ddp_worker, tmp_path)
     assert (ranks[0]["even"] + ranks[1]["even"]) / 2 == pytest.approx(single, abs=1e-5)
     # With 4 + 2 samples each rank averages its own rows, so the sample-weighted mean matches.
     assert (4 * ranks[0]["uneven"] + 2 * ranks[1]["uneven"]) / 6 == pytest.approx(single, abs=1e-5)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
 
+from conftest import run_on_two_gloo_ranks
 from rsrefseg.metrics import ReferringSegmentationMetrics
 
 
@@ -177,33 +174,15 @@ def test_merge_refuses_different_configuration() -> None:
         ReferringSegmentationMetrics().merge_state(ReferringSegmentationMetrics(inclusive=True))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> dict[str, dict[str, Tensor]]:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        grouped = ReferringSegmentationMetrics(group_names=("a", "b", "c"))
-        ungrouped = ReferringSegmentationMetrics(inclusive=True)
-        for i, batch in enumerate(_random_batches(0)):
-            if i % world_size == rank:
-                grouped.update(*batch)
-                ungrouped.update(*batch[:2])
-        # compute() all-reduces the sum states across the process group.
-        result = {"grouped": grouped.compute(), "ungrouped": ungrouped.compute()}
-    finally:
-        dist.destroy_process_group()
-    torch.save(result, f"{out_dir}/{rank}.pt")
-    return result
+def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
+    grouped = ReferringSegmentationMetrics(group_names=("a", "b", "c"))
+    ungrouped = ReferringSegmentationMetrics(inclusive=True)
+    for i, batch in enumerate(_random_batches(0)):
+        if i % world_size == rank:
+            grouped.update(*batch)
+            ungrouped.update(*batch[:2])
+    # compute() all-reduces the sum states across the process group.
+    torch.save({"grouped": grouped.compute(), "ungrouped": ungrouped.compute()}, f"{out_dir}/{rank}.pt")
 
 
 def test_two_process_gloo_reduction_is_exact(tmp_path: Path) -> None:
@@ -212,19 +191,6 @@ def test_two_process_gloo_reduction_is_exact(tmp_path: Path) -> None:
     for batch in _random_batches(0):
         grouped.update(*batch)
         ungrouped.update(*batch[:2])
-    # Rank 0 runs in this (already warm) process and only rank 1 is spawned: a spawned child
-    # re-imports torch and torchmetrics, which dominates the test's run time.
-    port = _free_port()
-    child = mp.get_context("spawn").Process(target=_ddp_worker, args=(1, 2, port, str(tmp_path)))
-    child.start()
-    try:
-        _ddp_worker(0, 2, port, str(tmp_path))
-    finally:
-        child.join(timeout=60)
-        if child.is_alive():
-            child.terminate()
-    assert child.exitcode == 0
-    for rank in range(2):
-        result = torch.load(tmp_path / f"{rank}.pt")
+    for result in run_on_two_gloo_ranks(_ddp_worker, tmp_path):
         _assert_same_outputs(result["grouped"], grouped.compute())
         _assert_same_outputs(result["ungrouped"], ungrouped.compute())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from open_clip.model import CLIP, get_model_preprocess_cfg
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
@@ -20,10 +21,6 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def _plain(value: Any) -> Any:
     """Hydra hands nested dicts as DictConfig; open_clip only accepts plain dicts."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return value
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
