@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch / torchvision as a pair that imports together (a mismatched torchvision breaks open_clip and Lightning)
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+SAM2   ?= sam2==1.1.0
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install train test test-slow lint
@@ -12,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
+	# SAM 2.1 (model/sam=hiera_*): Meta's package; its CUDA extension only serves video post-processing,
+	# and an isolated build would fetch a multi-GB CUDA torch, so build it against the torch above
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation $(SAM2)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 

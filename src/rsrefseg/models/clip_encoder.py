@@ -13,6 +13,7 @@ from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
 from rsrefseg.models.contracts import check_dimensions, resize_square
+from rsrefseg.models.finetune import LoraSettings, inject_lora
 
 # OpenAI CLIP's normalisation, open_clip's default when a model carries none.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -116,6 +117,10 @@ class ClipEncoder(nn.Module):
         grid_size: g, the patch grid side at ``image_size``.
         image_size: the CLIP input side images are resized to.
         pad_token_id: the tokenizer's padding id (0 for open_clip's BPE tokenizer).
+        lora_targets: regular expressions over module names inside ``model`` that get LoRA in
+            ``finetune=lora`` (METHOD.md §4: vision and text attention).
+        lora_text_projection: also adapt the text projection (a bare matrix gets
+            :class:`ProjectionLoRA`; an ``nn.Linear`` projection is targeted by name instead).
     """
 
     def __init__(
@@ -129,12 +134,15 @@ class ClipEncoder(nn.Module):
         grid_size: int,
         image_size: int,
         pad_token_id: int = 0,
+        lora_targets: Sequence[str] = (r".*transformer\.resblocks\.\d+\.attn",),
+        lora_text_projection: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.vision_dim, self.text_dim, self.embed_dim = vision_dim, text_dim, embed_dim
         self.grid_size, self.image_size, self.pad_token_id = grid_size, image_size, pad_token_id
+        self.lora_targets, self.lora_text_projection = tuple(lora_targets), lora_text_projection
         visual = model.visual
         visual.output_tokens = True
         actual = {
@@ -167,12 +175,23 @@ class ClipEncoder(nn.Module):
         if isinstance(self.model.visual.proj, nn.Parameter):
             self.model.visual.proj.requires_grad_(False)
 
-    def enable_projection_lora(self, *, r: int, alpha: float) -> None:
-        """Train a low-rank update of the text projection (METHOD.md §4 LoRA targets)."""
+    def freeze_pretrained(self) -> None:
+        """Freeze the CLIP towers; the logit scale and bias stay trainable (METHOD.md §4)."""
+        self.model.requires_grad_(False)
+        self.model.logit_scale.requires_grad_(True)
+        if self.model.logit_bias is not None:
+            self.model.logit_bias.requires_grad_(True)
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        """LoRA on ``lora_targets`` and, when ``lora_text_projection``, on the text projection."""
+        targets = list(self.lora_targets)
         proj = self.model.text_projection
-        if isinstance(proj, nn.Linear):
-            raise TypeError("the text projection is an nn.Linear: target it with peft instead")
-        self.projection_lora = ProjectionLoRA(*proj.shape, r=r, alpha=alpha)
+        if self.lora_text_projection:
+            if isinstance(proj, nn.Linear):
+                targets.append(r"text_projection")
+            else:
+                self.projection_lora = ProjectionLoRA(*proj.shape, r=settings.r, alpha=settings.alpha)
+        inject_lora(self.model, targets, settings)
 
     @property
     def logit_scale(self) -> Tensor:

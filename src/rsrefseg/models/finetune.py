@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from torch import nn
 
@@ -16,34 +16,54 @@ FinetuneMode = Literal["full", "lora", "frozen"]
 
 @dataclass
 class LoraSettings:
-    """LoRA placement and size. Targets are regular expressions over module names (peft full-match).
+    """LoRA size (METHOD.md §4: r = alpha = 16, dropout 0). Placement belongs to each backbone.
 
-    Defaults follow METHOD.md §4 for open_clip CLIP and segment-anything's ViT: CLIP vision and text
-    attention, the text projection, SAM's image-encoder attention (qkv, proj) and its neck convs.
+    Every backbone names its own targets (``lora_targets`` in its config, regular expressions over
+    module names inside its pretrained part, peft full-match), so a new backbone family brings its
+    placement in its own file and config.
     """
 
     r: int = 16
     alpha: int = 16
     dropout: float = 0.0
-    clip_targets: Sequence[str] = (r".*transformer\.resblocks\.\d+\.attn",)
-    clip_text_projection: bool = True
-    sam_targets: Sequence[str] = (r"blocks\.\d+\.attn\.(qkv|proj)", r"neck\.(0|2)")
     extra: dict = field(default_factory=dict)
 
 
-def _inject_lora(module: nn.Module, settings: LoraSettings, targets: Sequence[str]) -> None:
+@runtime_checkable
+class FinetunableBackbone(Protocol):
+    """What :func:`configure_finetuning` needs from a backbone (``ClipEncoder``, ``SamBackbone``, ...)."""
+
+    def freeze_pretrained(self) -> None:
+        """Freeze the pretrained weights, keeping trainable whatever the method always trains."""
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        """Inject LoRA adapters at the backbone's own targets."""
+
+
+def inject_lora(module: nn.Module, targets: Sequence[str], settings: LoraSettings) -> None:
+    """Wrap every sub-module of ``module`` whose name full-matches one of ``targets`` with LoRA.
+
+    Raises:
+        ValueError: when targets are given but none matches (a silent no-op would train nothing).
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     if not targets:
         return
+    pattern = "|".join(f"(?:{t})" for t in targets)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules="|".join(f"(?:{t})" for t in targets),
+        target_modules=pattern,
         **settings.extra,
     )
-    inject_adapter_in_model(config, module)
+    try:
+        inject_adapter_in_model(config, module)
+    except ValueError as error:
+        raise ValueError(
+            f"LoRA targets {list(targets)} match no module of {type(module).__name__}: {error}"
+        ) from error
 
 
 def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mapping | None = None) -> None:
@@ -51,24 +71,19 @@ def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mappi
 
     Always trained: the prompter, SAM's prompt encoder and mask decoder, CLIP's logit scale / bias.
     ``full`` also trains both backbones (the mode for random-init tiny backbones); ``frozen``
-    freezes them; ``lora`` freezes them and trains low-rank adapters on the targets.
+    freezes their pretrained weights; ``lora`` freezes them and trains low-rank adapters at each
+    backbone's targets.
     """
     if mode not in ("full", "lora", "frozen"):
         raise ValueError(f"finetune must be one of 'full', 'lora', 'frozen', got {mode!r}")
     model.requires_grad_(True)
     if mode == "full":
         return
-    model.clip.model.requires_grad_(False)
-    model.sam.image_encoder.requires_grad_(False)
-    if mode == "lora":
-        settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora or {}))
-        _inject_lora(model.clip.model, settings, settings.clip_targets)
-        _inject_lora(model.sam.image_encoder, settings, settings.sam_targets)
-        if settings.clip_text_projection:
-            model.clip.enable_projection_lora(r=settings.r, alpha=settings.alpha)
-    model.clip.model.logit_scale.requires_grad_(True)
-    if model.clip.model.logit_bias is not None:
-        model.clip.model.logit_bias.requires_grad_(True)
+    settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora or {}))
+    for backbone in (model.clip, model.sam):
+        backbone.freeze_pretrained()
+        if mode == "lora":
+            backbone.add_lora(settings)
 
 
 def parameter_report(model: nn.Module, components: Sequence[str]) -> list[tuple[str, int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from rsrefseg.models.checkpoints import load_state_dict_strict
 from rsrefseg.models.contracts import check_dimensions, resize_square
+from rsrefseg.models.finetune import LoraSettings, inject_lora
 
 
 def build_sam_vit(
@@ -95,9 +97,19 @@ class SamBackbone(nn.Module):
         prompt_dim: d, SAM's prompt width (checked against the model).
         image_size: SAM's input side (checked).
         mask_size: side of the mask prompt and of the output logits, 4 × the embedding grid (checked).
+        lora_targets: regular expressions over module names inside the image encoder that get LoRA
+            in ``finetune=lora`` (METHOD.md §4: attention qkv / proj and the neck convs).
     """
 
-    def __init__(self, *, sam: Sam, prompt_dim: int, image_size: int, mask_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        sam: Sam,
+        prompt_dim: int,
+        image_size: int,
+        mask_size: int,
+        lora_targets: Sequence[str] = (r"blocks\.\d+\.attn\.(qkv|proj)", r"neck\.(0|2)"),
+    ) -> None:
         super().__init__()
         self.image_encoder, self.prompt_encoder, self.mask_decoder = (
             sam.image_encoder,
@@ -107,6 +119,7 @@ class SamBackbone(nn.Module):
         self.register_buffer("pixel_mean", sam.pixel_mean.view(1, 3, 1, 1).clone(), persistent=False)
         self.register_buffer("pixel_std", sam.pixel_std.view(1, 3, 1, 1).clone(), persistent=False)
         self.prompt_dim, self.image_size, self.mask_size = prompt_dim, image_size, mask_size
+        self.lora_targets = tuple(lora_targets)
         actual = {
             "prompt_dim": self.mask_decoder.transformer_dim,
             "image_size": self.image_encoder.img_size,
@@ -114,6 +127,14 @@ class SamBackbone(nn.Module):
         }
         stated = dict(prompt_dim=prompt_dim, image_size=image_size, mask_size=mask_size)
         check_dimensions("SamBackbone", stated, actual)
+
+    def freeze_pretrained(self) -> None:
+        """Freeze the image encoder; the prompt encoder and mask decoder stay trainable (METHOD.md §4)."""
+        self.image_encoder.requires_grad_(False)
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        """LoRA on the image encoder's ``lora_targets``."""
+        inject_lora(self.image_encoder, self.lora_targets, settings)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns B×d×h×w image embeddings (h = w = image_size / patch)."""
