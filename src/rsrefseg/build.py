@@ -48,11 +48,14 @@ def build_datamodule(data_cfg: DictConfig) -> RefSegDataModule:
 
 def build_module(
     cfg: DictConfig | Mapping[str, Any],
-    datamodule: RefSegDataModule,
+    datamodule: RefSegDataModule | None,
     *,
     run_config: Mapping[str, Any] | None = None,
 ) -> RefSegModule:
-    """The run's LightningModule (network, loss, optimizer, schedule) from the config nodes."""
+    """The run's LightningModule (network, loss, optimizer, schedule) from the config nodes.
+
+    ``datamodule`` supplies the per-sample groups scored separately; None scores no groups.
+    """
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     net = instantiate(cfg.model, _convert_="partial")
     loss = instantiate(cfg.loss)
@@ -64,11 +67,12 @@ def build_module(
         loss=loss,
         optimizer=optimizer,
         scheduler=scheduler,
-        group_names=datamodule.group_names,
-        group_key=datamodule.group_key,
+        group_names=datamodule.group_names if datamodule is not None else (),
+        group_key=datamodule.group_key if datamodule is not None else None,
         inclusive_pr=bool(metrics.get("inclusive_pr", False)),
         threshold=float(metrics.get("threshold", 0.5)),
         run_config=run_config,
+        checkpoint_weights=str(cfg.get("checkpoint_weights") or "trainable"),
     )
 
 

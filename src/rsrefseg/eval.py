@@ -24,8 +24,14 @@ from rsrefseg.results import plain_lines, print_table, save_results
 log = logging.getLogger(__name__)
 
 
-def load_module(ckpt_path: str | Path, datamodule: Any, *, metrics: Any = None) -> RefSegModule:
-    """Rebuild the run's module from the config stored in a checkpoint and load its weights strictly."""
+def load_module(ckpt_path: str | Path, datamodule: Any = None, *, metrics: Any = None) -> RefSegModule:
+    """Rebuild the run's module from the config stored in a checkpoint and load its weights strictly.
+
+    Args:
+        ckpt_path: a checkpoint written by ``rsrefseg-train`` or ``rsrefseg-export``.
+        datamodule: supplies the groups scored separately (None: no groups).
+        metrics: replaces the stored ``metrics`` config node (threshold, Pr@X convention).
+    """
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -41,7 +47,7 @@ def load_module(ckpt_path: str | Path, datamodule: Any, *, metrics: Any = None) 
     cfg.optimizer = None
     cfg.scheduler = None
     module = build_module(cfg, datamodule, run_config=run_config)
-    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    module.load_checkpoint_state(checkpoint, source=path)
     return module
 
 

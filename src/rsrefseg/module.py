@@ -6,6 +6,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -13,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rsrefseg.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
 from rsrefseg.losses import ReferringLoss
 from rsrefseg.metrics import ReferringSegmentationMetrics
 from rsrefseg.models import RSRefSeg2, parameter_report
+from rsrefseg.models.prompter.base import emits_queries
 
 # Metric values are summed over ranks inside the Metric before they are logged; Lightning's advice
 # to add sync_dist would average already-global numbers.
@@ -57,6 +60,8 @@ class RefSegModule(pl.LightningModule):
         threshold: probability above which a pixel is foreground.
         run_config: the resolved run configuration, stored in every checkpoint so evaluation
             can rebuild the exact network.
+        checkpoint_weights: ``trainable`` (default) saves the trainable parameters, buffers and
+            frozen weights without a pretrained source; ``full`` saves every weight.
     """
 
     def __init__(
@@ -71,9 +76,21 @@ class RefSegModule(pl.LightningModule):
         inclusive_pr: bool = False,
         threshold: float = 0.5,
         run_config: Mapping[str, Any] | None = None,
+        checkpoint_weights: str = TRAINABLE,
     ) -> None:
         super().__init__()
+        if checkpoint_weights not in (TRAINABLE, FULL):
+            raise ValueError(
+                f"checkpoint_weights must be {TRAINABLE!r} or {FULL!r}, got {checkpoint_weights!r}"
+            )
+        self.checkpoint_weights = checkpoint_weights
+        # frozen pretrained weights are not in our checkpoints; on_load_checkpoint checks keys exactly
+        self.strict_loading = False
         self.net, self.loss = net, loss
+        if not emits_queries(net.prompter) and loss.contrastive is not None:
+            # the contrastive term never runs without Stage-0 queries; an unused trainable weight
+            # would make DDP fail (no unused-parameter search)
+            loss.contrastive.requires_grad_(False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.group_key, self.threshold = group_key, threshold
         self.run_config = dict(run_config or {})
@@ -84,8 +101,8 @@ class RefSegModule(pl.LightningModule):
         self.test_prefix = "test"
 
     def parameter_rows(self) -> list[tuple[str, int, int]]:
-        """(component, trainable, total) for CLIP, prompter, SAM, the loss's own weights and the total."""
-        return parameter_report(self, ["net.clip", "net.prompter", "net.sam", "loss"])
+        """(component, trainable, total) per network component, the loss's own weights and the total."""
+        return parameter_report({**self.net.components(), "loss": self.loss.parameters()}, self)
 
     def forward(self, images: Tensor, sentences: Sequence[str]) -> Tensor:
         """B×3×H×W images in [0, 1] and B sentences → B×1×h×w mask logits."""
@@ -148,3 +165,21 @@ class RefSegModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rsrefseg_config"] = self.run_config
+        checkpoint["rsrefseg_weights"] = self.checkpoint_weights
+        if self.checkpoint_weights == TRAINABLE:
+            checkpoint["state_dict"] = select_state(self, checkpoint["state_dict"])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads non-strictly (strict_loading=False); the exact key check happens here
+        check_checkpoint_state(
+            self,
+            checkpoint["state_dict"],
+            weights=checkpoint.get("rsrefseg_weights", FULL),
+            source="the checkpoint being restored",
+        )
+
+    def load_checkpoint_state(self, checkpoint: Mapping[str, Any], *, source: str | Path) -> None:
+        """Load a checkpoint's weights strictly: exactly the keys its ``rsrefseg_weights`` kind implies."""
+        state = checkpoint["state_dict"]
+        check_checkpoint_state(self, state, weights=checkpoint.get("rsrefseg_weights", FULL), source=source)
+        self.load_state_dict(state, strict=False)

@@ -102,7 +102,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer = build_trainer(cfg, callbacks, loggers)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        # the monitored checkpoint callback selects; another one may only keep last.ckpt
+        checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
         best_score = checkpoint.best_model_score if checkpoint is not None else None
         payload: dict[str, Any] = {

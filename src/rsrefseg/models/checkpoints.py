@@ -1,4 +1,4 @@
-"""Strict loading of backbone weights with errors that say which file and which keys."""
+"""Strict loading of backbone weights, and the record of which modules hold pretrained weights."""
 
 from __future__ import annotations
 
@@ -36,3 +36,25 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, so
             "Check that the config's size matches the file."
         )
     module.load_state_dict(state, strict=True)
+
+
+#: attribute a builder sets on a module whose weights it loaded from a pretrained source
+PRETRAINED_SOURCE_ATTR = "rsrefseg_pretrained_source"
+
+
+def mark_pretrained(module: nn.Module, source: str | Path) -> None:
+    """Record that ``module``'s weights came from ``source`` (a file, folder or published tag).
+
+    Our checkpoints omit frozen weights under such a module: a fresh build reloads them from the
+    same source. Frozen weights nobody can reload (random init) are always saved.
+    """
+    setattr(module, PRETRAINED_SOURCE_ATTR, str(source))
+
+
+def pretrained_prefixes(root: nn.Module) -> dict[str, str]:
+    """``{module name prefix ('' for root, else 'a.b.'): source}`` for every marked sub-module."""
+    return {
+        (f"{name}." if name else ""): getattr(module, PRETRAINED_SOURCE_ATTR)
+        for name, module in root.named_modules()
+        if getattr(module, PRETRAINED_SOURCE_ATTR, None)
+    }

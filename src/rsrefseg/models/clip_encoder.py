@@ -1,68 +1,38 @@
-"""CLIP as the dual-modal encoder: patch tokens, text tokens, the pooled sentence and logit scale/bias."""
+"""CLIP as the dual-modal encoder: patch tokens, text tokens, the pooled sentence and logit scale/bias.
+
+Works for both open_clip families (OpenAI-style ``CLIP`` and SigLIP-style ``CustomTextCLIP``); what
+differs between them lives in :mod:`rsrefseg.models.clip_towers`, loading in
+:mod:`rsrefseg.models.clip_loading`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from open_clip.model import CLIP, get_model_preprocess_cfg
-from open_clip.transformer import text_global_pool
+from open_clip.model import CLIP, CustomTextCLIP, get_model_preprocess_cfg
 from torch import Tensor, nn
 
+from rsrefseg.models.clip_loading import build_open_clip_model, build_tokenizer, tokenizer_special_ids
+from rsrefseg.models.clip_towers import towers_for
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
+
+__all__ = [
+    "ClipEncoder",
+    "ProjectionLoRA",
+    "TextEncoding",
+    "build_open_clip_model",
+    "build_tokenizer",
+    "sentence_lengths",
+]
 
 # OpenAI CLIP's normalisation, open_clip's default when a model carries none.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _plain(value: Any) -> Any:
-    """Hydra hands nested dicts as DictConfig; open_clip only accepts plain dicts."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def build_open_clip_model(
-    *, name: str | None = None, config: Mapping[str, Any] | None = None, pretrained: str | None = None
-) -> CLIP:
-    """Build an open_clip model.
-
-    Args:
-        name: an open_clip architecture name (``ViT-B-16``, ...); used when ``config`` is None.
-        config: an architecture given inline (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...), built
-            with random weights — the tiny test and default-run backbones.
-        pretrained: with ``name``: an open_clip pretrained tag or a local checkpoint file.
-    """
-    if config is not None:
-        if pretrained is not None:
-            raise ValueError("build_open_clip_model: 'pretrained' needs 'name', not an inline 'config'")
-        model = CLIP(**_plain(config))
-    elif name is not None:
-        import open_clip
-
-        model = open_clip.create_model(name, pretrained=pretrained)
-    else:
-        raise ValueError("build_open_clip_model: give either 'name' (an open_clip architecture) or 'config'")
-    if not isinstance(model, CLIP):
-        raise TypeError(
-            f"build_open_clip_model: {name!r} builds {type(model).__name__}; "
-            "ClipEncoder supports open_clip.CLIP"
-        )
-    return model
-
-
-def build_tokenizer(*, name: str | None = None, context_length: int | None = None) -> Any:
-    """open_clip's tokenizer for ``name``, or its bundled BPE tokenizer when ``name`` is None."""
-    import open_clip
-
-    if name is None:
-        return open_clip.SimpleTokenizer(context_length=context_length or 77)
-    return open_clip.get_tokenizer(name, context_length=context_length)
 
 
 class ProjectionLoRA(nn.Module):
@@ -92,8 +62,9 @@ class TextEncoding:
     """CLIP's reading of a batch of sentences.
 
     Attributes:
-        tokens: B×L×C_t text tokens after the final norm (L = longest sentence in the batch).
-        padding_mask: B×L bool, True at padding; valid tokens form a prefix.
+        tokens: B×L×C_t text tokens after the final norm. L is the longest sentence in the batch
+            for causal towers (OpenAI-style) and the full context for bidirectional ones (SigLIP).
+        padding_mask: B×L bool, True at padding; valid tokens (end-of-sentence included) form a prefix.
         sentence: B×E pooled, projected sentence embedding.
     """
 
@@ -102,23 +73,48 @@ class TextEncoding:
     sentence: Tensor
 
 
+def sentence_lengths(ids: Tensor, *, pad_id: int, eos_id: int | None) -> Tensor:
+    """Valid tokens per row of B×L ids: up to and including the first end-of-sentence token.
+
+    Counting up to the end token rather than counting non-pad ids matters twice: open_clip's BPE pads
+    with id 0, which is also the token "!", and SigLIP's T5 tokenizer pads with its end token (id 1).
+    Rows without an end token end at their first pad, or fill the whole context.
+    """
+    length = ids.shape[1]
+
+    def first(hit: Tensor) -> Tensor:
+        return torch.where(hit.any(dim=1), hit.int().argmax(dim=1), length)
+
+    lengths = first(ids == pad_id)
+    if eos_id is not None:
+        ends = ids == eos_id
+        lengths = torch.where(ends.any(dim=1), first(ends) + 1, lengths)
+    return lengths
+
+
 class ClipEncoder(nn.Module):
-    """Wrap an open_clip CLIP so the rest of the network sees tokens, not CLIP's internals.
+    """Wrap an open_clip model so the rest of the network sees tokens, not CLIP's internals.
 
     The dimensions are stated in the config (the prompter interpolates them) and checked here
     against the built model, so a mismatch fails at construction rather than at step 1.
 
+    Text padding follows the text tower (METHOD.md §6 flaw 1: a sentence's embedding must not depend
+    on the rest of the batch). A causal tower pooling a real token (OpenAI CLIP: EOT) never lets valid
+    tokens see padding, so batches are trimmed to their longest sentence. A bidirectional tower that
+    pools the last position (SigLIP) was trained on sequences padded to its full context, so every
+    sentence is padded to that context. Longer text is truncated to the context (flaw 6).
+
     Args:
-        model: an ``open_clip.CLIP``.
+        model: an ``open_clip.CLIP`` or ``open_clip.CustomTextCLIP`` (timm ViT image tower).
         tokenizer: callable ``list[str] → B×context_length`` token ids (open_clip tokenizers).
         vision_dim: C_v, width of the patch tokens.
         text_dim: C_t, width of the text tokens.
         embed_dim: width of the pooled sentence embedding.
         grid_size: g, the patch grid side at ``image_size``.
         image_size: the CLIP input side images are resized to.
-        pad_token_id: the tokenizer's padding id (0 for open_clip's BPE tokenizer).
-        lora_targets: regular expressions over module names inside ``model`` that get LoRA in
-            ``finetune=lora`` (METHOD.md §4: vision and text attention).
+        pad_token_id: the tokenizer's padding id; None = ask the tokenizer (0 for open_clip's BPE).
+        lora_targets: regular expressions (peft full-match) over module names inside ``model`` that
+            get LoRA in ``finetune=lora``; None = the family's vision and text attention (METHOD.md §4).
         lora_text_projection: also adapt the text projection (a bare matrix gets
             :class:`ProjectionLoRA`; an ``nn.Linear`` projection is targeted by name instead).
     """
@@ -126,32 +122,26 @@ class ClipEncoder(nn.Module):
     def __init__(
         self,
         *,
-        model: CLIP,
+        model: CLIP | CustomTextCLIP,
         tokenizer: Any,
         vision_dim: int,
         text_dim: int,
         embed_dim: int,
         grid_size: int,
         image_size: int,
-        pad_token_id: int = 0,
-        lora_targets: Sequence[str] = (r".*transformer\.resblocks\.\d+\.attn",),
+        pad_token_id: int | None = None,
+        lora_targets: Sequence[str] | None = None,
         lora_text_projection: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.vision_tower, self.text_tower = towers_for(model)
         self.vision_dim, self.text_dim, self.embed_dim = vision_dim, text_dim, embed_dim
-        self.grid_size, self.image_size, self.pad_token_id = grid_size, image_size, pad_token_id
+        self.grid_size, self.image_size = grid_size, image_size
+        if lora_targets is None:
+            lora_targets = self.vision_tower.lora_targets + self.text_tower.lora_targets
         self.lora_targets, self.lora_text_projection = tuple(lora_targets), lora_text_projection
-        visual = model.visual
-        visual.output_tokens = True
-        actual = {
-            "vision_dim": visual.transformer.width,
-            "text_dim": model.transformer.width,
-            "embed_dim": model.text_projection.shape[1],
-            "grid_size": visual.grid_size[0],
-            "image_size": visual.image_size[0],
-        }
         stated = dict(
             vision_dim=vision_dim,
             text_dim=text_dim,
@@ -159,39 +149,96 @@ class ClipEncoder(nn.Module):
             grid_size=grid_size,
             image_size=image_size,
         )
+        actual = {**self.vision_tower.dims(model.visual), **self.text_tower.dims(model)}
         check_dimensions("ClipEncoder", stated, actual)
+
+        text = self.text_tower
+        self.pads_to_context = not text.is_causal(model) or text.pool_type(model) == "last"
+        self.context_length = text.context_length(model)
+        self._check_tokenizer_context(getattr(tokenizer, "context_length", None))
+        tokenizer_pad, self.eos_token_id = tokenizer_special_ids(tokenizer)
+        self.pad_token_id = tokenizer_pad if pad_token_id is None else pad_token_id
+        if self.pad_token_id is None:
+            raise ValueError(
+                f"{type(tokenizer).__name__} does not state its padding id; set model.clip.pad_token_id"
+            )
+
         preprocess = get_model_preprocess_cfg(model)
-        self.register_buffer(
-            "mean", torch.tensor(preprocess.get("mean", OPENAI_MEAN)).view(1, 3, 1, 1), False
-        )
-        self.register_buffer("std", torch.tensor(preprocess.get("std", OPENAI_STD)).view(1, 3, 1, 1), False)
+        mean, std = preprocess.get("mean", OPENAI_MEAN), preprocess.get("std", OPENAI_STD)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
         self.projection_lora: ProjectionLoRA | None = None
         if model.logit_bias is None:
             # OpenAI-style CLIP has no bias: the dense head then adds 0
             self.register_buffer("zero_bias", torch.zeros(()), persistent=False)
 
-    def freeze_unused(self) -> None:
-        """Freeze what the method never uses: the image tower's pooled-embedding projection."""
-        if isinstance(self.model.visual.proj, nn.Parameter):
-            self.model.visual.proj.requires_grad_(False)
+    def _check_tokenizer_context(self, tokens: int | None) -> None:
+        """The tokenizer must fit the positional table, and fill it exactly when we pad to context."""
+        if tokens is None:
+            return
+        if tokens > self.context_length or (self.pads_to_context and tokens != self.context_length):
+            need = "exactly" if self.pads_to_context else "at most"
+            why = " (it pools the last position, trained on padded text)" if self.pads_to_context else ""
+            raise ValueError(
+                f"the tokenizer's context length is {tokens} but the text tower needs {need} "
+                f"{self.context_length}{why}; set model.clip.tokenizer.context_length={self.context_length}"
+            )
+
+    def freeze_unused(self, *, uses_sentence: bool = True) -> None:
+        """Freeze what no loss reaches: the image tower's pooled-embedding projection / pooling head.
+
+        Args:
+            uses_sentence: False when the prompter never reads the pooled sentence embedding t nor
+                the logit scale / bias (no dense prompt): the text projection, its adapter and the
+                logit scale / bias are frozen too, so DDP finds every trainable weight used.
+        """
+        for parameter in self.vision_tower.unused(self.model.visual):
+            parameter.requires_grad_(False)
+        if not uses_sentence:
+            projection = self.text_tower.module(self.model).text_projection
+            projection.requires_grad_(False)  # a Parameter, or a Linear possibly wrapped by peft LoRA
+            if self.projection_lora is not None:
+                self.projection_lora.requires_grad_(False)
+            self.model.logit_scale.requires_grad_(False)
+            if self.model.logit_bias is not None:
+                self.model.logit_bias.requires_grad_(False)
 
     def freeze_pretrained(self) -> None:
         """Freeze the CLIP towers; the logit scale and bias stay trainable (METHOD.md §4)."""
         self.model.requires_grad_(False)
+        self._train_logit_scale_and_bias()
+
+    def _train_logit_scale_and_bias(self) -> None:
         self.model.logit_scale.requires_grad_(True)
         if self.model.logit_bias is not None:
             self.model.logit_bias.requires_grad_(True)
 
     def add_lora(self, settings: LoraSettings) -> None:
-        """LoRA on ``lora_targets`` and, when ``lora_text_projection``, on the text projection."""
+        """LoRA on ``lora_targets`` and, when ``lora_text_projection``, on the text projection.
+
+        Raises:
+            ValueError: when a target pattern matches no module (a typo would silently adapt
+                only one tower).
+        """
         targets = list(self.lora_targets)
-        proj = self.model.text_projection
+        text_path = self.text_tower.path
+        proj = self.text_tower.module(self.model).text_projection
         if self.lora_text_projection:
-            if isinstance(proj, nn.Linear):
-                targets.append(r"text_projection")
+            if isinstance(proj, nn.Parameter):
+                adapter = ProjectionLoRA(*proj.shape, r=settings.r, alpha=settings.alpha)
+                self.projection_lora = adapter.to(proj)
             else:
-                self.projection_lora = ProjectionLoRA(*proj.shape, r=settings.r, alpha=settings.alpha)
+                targets.append(re.escape(f"{text_path}." if text_path else "") + "text_projection")
+        names = [name for name, _ in self.model.named_modules()]
+        dead = [t for t in targets if not any(re.fullmatch(t, name) for name in names)]
+        if dead:
+            raise ValueError(
+                f"model.clip.lora_targets {dead} match no module of {type(self.model).__name__} "
+                f"(full match on names such as {[n for n in names if n.endswith('attn')][:2]})"
+            )
         inject_lora(self.model, targets, settings)
+        # peft marks every non-adapter weight of the model it injects into as frozen
+        self._train_logit_scale_and_bias()
 
     @property
     def logit_scale(self) -> Tensor:
@@ -207,33 +254,36 @@ class ClipEncoder(nn.Module):
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns V0, B×g²×C_v patch tokens after the final norm."""
         images = resize_square(images, self.image_size)
-        _, tokens = self.model.visual((images - self.mean) / self.std)
-        return tokens
+        return self.vision_tower.tokens(self.model.visual, (images - self.mean) / self.std)
 
     def tokenize(self, sentences: Sequence[str]) -> Tensor:
-        """B sentences → B×L token ids (truncated to the context length, trimmed to the longest)."""
+        """B sentences → B×L token ids, truncated to the context; trimmed to the longest sentence
+        unless the tower pads to its full context."""
         ids = self.tokenizer(list(sentences))
-        length = int((ids != self.pad_token_id).sum(dim=1).max())
-        return ids[:, :length]
+        if ids.shape[1] > self.context_length:
+            raise ValueError(
+                f"the tokenizer returned {ids.shape[1]} tokens per sentence, more than the text "
+                f"tower's {self.context_length} positions; "
+                f"set model.clip.tokenizer.context_length={self.context_length}"
+            )
+        if self.pads_to_context:
+            return ids
+        return ids[:, : int(self.padding_lengths(ids).max())]
+
+    def padding_lengths(self, ids: Tensor) -> Tensor:
+        """B valid-token counts of B×L ids (see :func:`sentence_lengths`)."""
+        return sentence_lengths(ids, pad_id=self.pad_token_id, eos_id=self.eos_token_id)
 
     def encode_text(self, sentences: Sequence[str]) -> TextEncoding:
-        """Encode sentences into text tokens, their padding mask and the pooled sentence embedding.
-
-        Causal attention means valid tokens never see padding, so trimming the batch to its
-        longest sentence changes nothing but the cost.
-        """
-        model = self.model
-        ids = self.tokenize(sentences).to(model.positional_embedding.device)
-        length = ids.shape[1]
-        x = model.token_embedding(ids) + model.positional_embedding[:length]
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        pooled = text_global_pool(
-            x, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
-        )
-        proj = model.text_projection
-        if isinstance(proj, nn.Linear):
-            pooled = proj(pooled)
-        else:
-            pooled = pooled @ (proj if self.projection_lora is None else self.projection_lora(proj))
-        return TextEncoding(tokens=x, padding_mask=ids == self.pad_token_id, sentence=pooled)
+        """Encode sentences into text tokens, their padding mask and the pooled sentence embedding."""
+        tower = self.text_tower.module(self.model)
+        ids = self.tokenize(sentences).to(tower.positional_embedding.device)
+        tokens, pooled = self.text_tower.tokens(self.model, ids)
+        proj = tower.text_projection
+        if isinstance(proj, nn.Parameter):
+            sentence = pooled @ (proj if self.projection_lora is None else self.projection_lora(proj))
+        else:  # nn.Linear, or peft's LoRA wrapper around it (not an nn.Linear subclass)
+            sentence = proj(pooled)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        padding_mask = positions[None, :] >= self.padding_lengths(ids)[:, None]
+        return TextEncoding(tokens=tokens, padding_mask=padding_mask, sentence=sentence)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -86,12 +86,12 @@ def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mappi
             backbone.add_lora(settings)
 
 
-def parameter_report(model: nn.Module, components: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(component, trainable, total) parameter counts for named child modules, plus a total row."""
+def parameter_report(
+    parts: Mapping[str, Iterable[nn.Parameter]], model: nn.Module
+) -> list[tuple[str, int, int]]:
+    """(component, trainable, total) parameter counts per named part, plus a ``total`` row over ``model``."""
     rows = []
-    for name in components:
-        params = list(model.get_submodule(name).parameters())
+    for name, params in [*parts.items(), ("total", model.parameters())]:
+        params = list(params)
         rows.append((name, sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
-    params = list(model.parameters())
-    rows.append(("total", sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)))
     return rows

@@ -57,7 +57,31 @@ class RSRefSeg2(nn.Module):
             )
         configure_finetuning(self, finetune, lora)
         sam.freeze_unused(uses_dense=dense_head is not None)
-        clip.freeze_unused()
+        # the pooled sentence and CLIP's logit scale / bias feed the dense prompt; a prompter that
+        # reads them otherwise says so with `uses_sentence = True`
+        clip.freeze_unused(uses_sentence=getattr(prompter, "uses_sentence", dense_head is not None))
+
+    def components(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by component, for reports: CLIP vision / text, the prompter, each part of SAM.
+
+        ``clip.text`` is everything of CLIP outside the image tower (text tower, projection and its
+        adapter, logit scale / bias); ``sam.<part>`` follows the SAM backbone's own sub-modules.
+        """
+        vision = list(self.clip.model.visual.parameters())
+        vision_ids = {id(p) for p in vision}
+        parts = {
+            "clip.vision": vision,
+            "clip.text": [p for p in self.clip.parameters() if id(p) not in vision_ids],
+            "prompter": list(self.prompter.parameters()),
+        }
+        for name, child in self.sam.named_children():
+            params = list(child.parameters())
+            if params:
+                parts[f"sam.{name}"] = params
+        own = list(self.sam.parameters(recurse=False))
+        if own:
+            parts["sam.other"] = own
+        return parts
 
     def forward(self, images: Tensor, sentences: Sequence[str]) -> RSRefSeg2Output:
         """Args:

@@ -10,7 +10,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
-from rsrefseg.models.checkpoints import load_state_dict_strict
+from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
 
@@ -79,7 +79,11 @@ def build_sam_vit(
                 f"SAM checkpoint not found: {path}. Download Meta's file for this size or set "
                 "model.sam.sam.checkpoint=null to train from random weights."
             )
-        load_state_dict_strict(sam, torch.load(path, map_location="cpu", weights_only=True), source=path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        load_state_dict_strict(sam, state, source=f"{path} (model.sam.sam.checkpoint)")
+        # SamBackbone keeps these parts: our checkpoints may then omit their frozen weights
+        for part in (sam.image_encoder, sam.prompt_encoder, sam.mask_decoder):
+            mark_pretrained(part, path)
     return sam
 
 

@@ -23,3 +23,14 @@ class PrompterOutput:
     dense: Tensor | None
     q1: Tensor | None = None
     q2: Tensor | None = None
+
+
+#: Prompters set ``emits_queries = False`` when they never return Stage-0 queries (q2): the contrastive
+#: loss then has nothing to align, and its temperature is frozen so every trainable weight gets a
+#: gradient (DDP needs no unused-parameter search).
+EMITS_QUERIES_ATTR = "emits_queries"
+
+
+def emits_queries(prompter: object) -> bool:
+    """Whether ``prompter`` returns Stage-0 queries (default True)."""
+    return bool(getattr(prompter, EMITS_QUERIES_ATTR, True))
