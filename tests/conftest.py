@@ -25,14 +25,18 @@ from rsrefseg.build import CONFIG_DIR
 torch.set_flush_denormal(True)
 
 
-def compose_config(name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+def compose_config(
+    name: str = "train", overrides: list[str] | None = None, *, hydra_node: bool = False
+) -> DictConfig:
     """Compose a primary config (``train`` / ``eval``) with overrides, as Hydra's CLI would.
 
     Outside a Hydra run there is no run folder, so ``paths.output_dir`` points at a temporary one.
+    ``hydra_node=True`` keeps the ``hydra`` node (e.g. ``hydra.runtime.choices``: which option of
+    each config group was picked).
     """
     overrides = [f"paths.output_dir={tempfile.mkdtemp(prefix='rsrefseg-')}", *(overrides or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=overrides, return_hydra_config=hydra_node)
 
 
 def build_tiny_net(overrides: list[str] | None = None, seed: int = 0):

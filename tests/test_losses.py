@@ -56,6 +56,11 @@ def test_contrastive_temperature_init_clamp_and_projection() -> None:
     assert isinstance(ContrastiveLoss(vision_dim=8, text_dim=6).projection, nn.Linear)
     with pytest.raises(ValueError, match="init_temperature"):
         ContrastiveLoss(vision_dim=8, text_dim=8, init_temperature=200.0)
+    # max_temperature=None: the release's unclamped temperature
+    unclamped = ContrastiveLoss(vision_dim=8, text_dim=8, max_temperature=None)
+    with torch.no_grad():
+        unclamped.log_temperature.fill_(math.log(1000.0))
+    assert unclamped.logit_scale.item() == pytest.approx(1000.0, rel=1e-5)
 
 
 def _aligned_batch(batch: int = 4, dim: int = 8) -> tuple[Tensor, Tensor, Tensor]:

@@ -72,7 +72,8 @@ class ContrastiveLoss(nn.Module):
         vision_dim: Width C_v of the vision tokens.
         text_dim: Width C_t of the Q2 queries; v is projected by Linear(C_v→C_t) when they differ.
         init_temperature: Initial logit scale (the inverse temperature), 1/0.07 as in CLIP.
-        max_temperature: Upper clamp of the logit scale.
+        max_temperature: Upper clamp of the logit scale; None leaves it unclamped (the release,
+            METHOD.md §6 flaw 5).
     """
 
     def __init__(
@@ -81,10 +82,10 @@ class ContrastiveLoss(nn.Module):
         vision_dim: int,
         text_dim: int,
         init_temperature: float = 1 / 0.07,
-        max_temperature: float = 100.0,
+        max_temperature: float | None = 100.0,
     ) -> None:
         super().__init__()
-        if not 0 < init_temperature <= max_temperature:
+        if not 0 < init_temperature <= (math.inf if max_temperature is None else max_temperature):
             raise ValueError(
                 f"need 0 < init_temperature <= max_temperature, got init_temperature={init_temperature}, "
                 f"max_temperature={max_temperature}"
@@ -100,7 +101,8 @@ class ContrastiveLoss(nn.Module):
     @property
     def logit_scale(self) -> Tensor:
         """The effective (clamped) inverse temperature, a scalar tensor."""
-        return self.log_temperature.exp().clamp(max=self.max_temperature)
+        scale = self.log_temperature.exp()
+        return scale if self.max_temperature is None else scale.clamp(max=self.max_temperature)
 
     def forward(self, vision_tokens: Tensor, grid_size: int, masks: Tensor, q2: Tensor) -> Tensor:
         """Computes the symmetric InfoNCE loss of the local samples.

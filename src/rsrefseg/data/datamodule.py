@@ -104,13 +104,27 @@ class RefSegDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def dataset(self, split: str) -> Dataset:
-        """The split's dataset, built on first use; a clear error when it is missing or empty."""
+        """The split's dataset, built on first use; a clear error when it is missing or empty.
+
+        A wrong data root surfaces here as the reader's FileNotFoundError, naming the path it tried
+        and what it expected there.
+        """
         if split not in self.datasets:
             if split not in self.split_factories:
                 raise KeyError(f"no '{split}' split configured; configured: {sorted(self.split_factories)}")
             dataset = self.split_factories[split]()
-            if len(dataset) == 0:  # type: ignore[arg-type]
-                raise ValueError(f"the '{split}' split is empty ({dataset!r})")
+            size = len(dataset)  # type: ignore[arg-type]
+            if size == 0:
+                raise ValueError(
+                    f"the '{split}' split is empty ({dataset!r}): every sample was filtered out "
+                    "(known-bad list?) or the index lists none"
+                )
+            if split == "train" and size < self.batch_size:
+                # the train loader drops the last incomplete batch: an epoch would have no step
+                raise ValueError(
+                    f"the 'train' split has {size} samples, fewer than batch_size={self.batch_size} "
+                    f"({dataset!r}); lower data.batch_size"
+                )
             self.datasets[split] = dataset
         return self.datasets[split]
 

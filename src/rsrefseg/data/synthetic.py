@@ -485,7 +485,9 @@ class SyntheticRefSegDataset(Dataset):
         Returns:
             ``image``: float32 ``3×H×W`` in [0, 1]; ``mask``: float32 ``1×H×W`` in {0, 1};
             ``sentence``, ``sample_id``, ``expression_type``, ``category``: str;
-            ``original_size``: ``(H, W)``.
+            ``original_size``: ``(H, W)``; and, with the keys of `ReferringDataset` items (so that
+            evaluation treats every dataset alike), ``valid``: bool ``1×H×W`` all True (no padding),
+            ``content_size``: ``(H, W)``, ``original_mask``: bool ``H×W``.
 
         Raises:
             IndexError: If ``index`` is outside ``[0, length)``.
@@ -494,15 +496,19 @@ class SyntheticRefSegDataset(Dataset):
             raise IndexError(f"index {index} is out of range for a dataset of length {self.length}")
         sample = self.generator.sample(self.split, index)
         image = torch.from_numpy(sample.image).permute(2, 0, 1).float().div_(255.0)
-        mask = torch.from_numpy(sample.mask).unsqueeze(0).float()
+        original_mask = torch.from_numpy(sample.mask)
+        size = tuple(sample.mask.shape)
         return {
             "image": image,
-            "mask": mask,
+            "mask": original_mask[None].float(),
+            "valid": torch.ones_like(original_mask[None]),
             "sentence": sample.sentence,
             "sample_id": sample.sample_id,
             "expression_type": sample.expression_type,
             "category": sample.category,
-            "original_size": tuple(sample.mask.shape),
+            "original_size": size,
+            "content_size": size,
+            "original_mask": original_mask,
         }
 
 
@@ -512,9 +518,10 @@ def export_unified_jsonl(
     """Write samples as the unified JSONL + PNG layout (see DATA.md).
 
     Writes ``out_dir/images/<sample_id>.png`` and ``out_dir/<split>.jsonl``, one object per line
-    with ``split, image_id, sent, file_name`` (relative to ``images/``), ``segmentation`` (one COCO
-    RLE with str counts), ``category_name, expression_type`` and ``bbox`` ``[x1, y1, x2, y2]`` of the
-    mask (``x2``/``y2`` exclusive). Every file is written atomically.
+    with ``split, sample_id, image_id, sent, file_name`` (relative to ``images/``), ``height, width``,
+    ``segmentation`` (one COCO RLE with str counts), ``category_name, expression_type`` and ``bbox``
+    ``[x1, y1, x2, y2]`` of the mask (``x2``/``y2`` exclusive). Every file is written atomically.
+    `rsrefseg.data.readers.read_jsonl` (``data=jsonl``) reads it back with the same sample ids.
 
     Args:
         generator: The scene generator.
@@ -549,9 +556,12 @@ def export_unified_jsonl(
             ys, xs = np.nonzero(sample.mask)
             record = {
                 "split": split,
+                "sample_id": sample.sample_id,
                 "image_id": sample.sample_id,
                 "sent": sample.sentence,
                 "file_name": file_name,
+                "height": int(sample.mask.shape[0]),
+                "width": int(sample.mask.shape[1]),
                 "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]},
                 "category_name": sample.category,
                 "expression_type": sample.expression_type,

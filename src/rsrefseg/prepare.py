@@ -1,0 +1,656 @@
+"""`rsrefseg-prepare`: check a downloaded dataset file by file and convert it to the unified JSONL.
+
+    rsrefseg-prepare --layout rrsisd --root /data/RRSIS-D --out /data/unified/rrsisd
+    rsrefseg-prepare --layout refsegrs --root /data/RefSegRS --out /data/unified/refsegrs --workers 8
+    rsrefseg-prepare --layout rrsisd --root … --out … data.known_bad_list=strict   # Hydra overrides
+
+``--layout`` is a ``conf/data`` option: its ``reader`` node says how the download is laid out
+(folder names can be overridden like any config value), ``known_bad`` / ``known_bad_list`` which
+files to skip, ``expected_counts`` the published split sizes. The same config then trains on the
+raw layout (``data=<layout>``) or on the written JSONL (``data=jsonl data.root=<out>``).
+
+Checks: samples per split against the expected counts; missing or unreadable images and mask
+files; undecodable segmentations; mask / image and index / image size mismatches; empty masks;
+mask images that are not two-valued; duplicate (image, sentence) pairs; and which known-bad
+samples were skipped. Errors (a sample that cannot be trained or scored as it stands) stop the
+conversion; warnings are reported and the JSONL is written (``--strict`` makes them stop it too).
+
+Writes ``<out>/<split>.jsonl``, ``<out>/images`` (a link to the download's image folder) and
+``<out>/prepare_report.json``, each atomically, and never replaces a different existing file
+without ``--force`` (identical content is left as it is). A report of a failed run may always be
+replaced.
+
+argparse, not Hydra, runs the command line: it is a file converter with required paths and flags,
+and it needs no run folder or logging setup; the data config is composed with Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from rsrefseg.data.decode import binarise, decode_segmentation, encode_rle, load_image, read_mask_values
+from rsrefseg.data.records import (
+    SPLITS,
+    CocoSegmentation,
+    MaskFile,
+    ReferringRecord,
+    is_listed,
+    partition_known_bad,
+)
+from rsrefseg.io import atomic_open
+
+REPORT_NAME = "prepare_report.json"
+IMAGE_LINK = "images"
+ERROR_KINDS = (
+    "missing_image",
+    "unreadable_image",
+    "missing_mask",
+    "unreadable_mask",
+    "bad_segmentation",
+    "size_mismatch",
+    "stated_size_mismatch",
+)
+WARNING_KINDS = ("count_mismatch", "empty_mask", "non_binary_mask", "duplicate_pair")
+_EXAMPLES_PRINTED = 10
+
+
+class PrepareError(Exception):
+    """The dataset's index cannot be read, or an output would overwrite a different file."""
+
+
+class OverwriteRefused(PrepareError):
+    """An output would replace a different existing file; carries the report of the checks that ran.
+
+    Attributes:
+        report: What the checks found (nothing was written).
+    """
+
+    def __init__(self, message: str, report: PrepareReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One problem found, with the file it concerns.
+
+    Attributes:
+        kind: One of `ERROR_KINDS` or `WARNING_KINDS`.
+        split: The split it was found in.
+        message: A sentence naming the file(s) and the values involved.
+        sample_id: The sample concerned (None for split-level defects).
+        file: The file concerned (None when no single file is).
+    """
+
+    kind: str
+    split: str
+    message: str
+    sample_id: str | None = None
+    file: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind in ERROR_KINDS
+
+
+@dataclass
+class PrepareReport:
+    """What `prepare` found and did (also written as JSON).
+
+    Attributes:
+        layout: The data config option used.
+        root: The dataset folder checked.
+        out: The output folder.
+        splits: Per split: ``listed`` (index entries), ``skipped_known_bad``, ``kept``, ``expected``.
+        skipped_known_bad: Per split, the skipped samples' image file names (sorted, unique).
+        known_bad_not_found: Names on the known-bad list that no checked split contains.
+        defects: Every problem found.
+        image_dir: The folder the JSONL's ``file_name`` fields are relative to.
+        categories: The category names the kept samples carry (empty where the layout has none).
+        written: Output files written (or left identical) by this run.
+    """
+
+    layout: str
+    root: str
+    out: str
+    splits: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    skipped_known_bad: dict[str, list[str]] = field(default_factory=dict)
+    known_bad_not_found: list[str] = field(default_factory=list)
+    defects: list[Defect] = field(default_factory=list)
+    image_dir: str | None = None
+    categories: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Defect]:
+        return [d for d in self.defects if d.is_error]
+
+    @property
+    def warnings(self) -> list[Defect]:
+        return [d for d in self.defects if not d.is_error]
+
+    def ok(self, *, strict: bool = False) -> bool:
+        return not self.errors and not (strict and self.warnings)
+
+    def counts_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for defect in self.defects:
+            counts[defect.kind] += 1
+        return dict(sorted(counts.items()))
+
+    def as_dict(self, *, strict: bool = False) -> dict[str, Any]:
+        """JSON-ready, deterministic (no times): rerunning on unchanged data gives the same bytes."""
+        return {
+            "ok": self.ok(strict=strict),
+            "strict": strict,
+            "layout": self.layout,
+            "root": self.root,
+            "out": self.out,
+            "image_dir": self.image_dir,
+            "categories": self.categories,
+            "splits": self.splits,
+            "skipped_known_bad": self.skipped_known_bad,
+            "known_bad_not_found": self.known_bad_not_found,
+            "defect_counts": self.counts_by_kind(),
+            "errors": [asdict(d) for d in self.errors],
+            "warnings": [asdict(d) for d in self.warnings],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-file inspection (picklable, so it can run in worker processes)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImageInfo:
+    size: tuple[int, int] | None
+    kind: str | None = None  # missing_image | unreadable_image
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class _MaskInfo:
+    size: tuple[int, int] | None
+    empty: bool = False
+    two_valued: bool = True
+    values: tuple[int, ...] = ()
+    rle: dict[str, Any] | None = None  # only for mask files: the thresholded mask, for the JSONL
+    kind: str | None = None  # missing_mask | unreadable_mask | bad_segmentation
+    message: str | None = None
+
+
+def _inspect_image(path: Path) -> _ImageInfo:
+    if not path.is_file():
+        return _ImageInfo(None, "missing_image", f"image {path} does not exist")
+    try:
+        image = load_image(path)  # decodes every pixel: a truncated file fails here
+    except ValueError as err:
+        return _ImageInfo(None, "unreadable_image", str(err))
+    return _ImageInfo((int(image.shape[0]), int(image.shape[1])))
+
+
+def _inspect_mask(source: MaskFile | CocoSegmentation) -> _MaskInfo:
+    if isinstance(source, MaskFile):
+        if not source.path.is_file():
+            return _MaskInfo(None, kind="missing_mask", message=f"mask {source.path} does not exist")
+        try:
+            values = read_mask_values(source.path)
+        except ValueError as err:
+            return _MaskInfo(None, kind="unreadable_mask", message=str(err))
+        mask, two_valued = binarise(values)
+        seen = tuple(int(v) for v in np.unique(values)[:8]) if not two_valued else ()
+        return _MaskInfo(mask.shape, not mask.any(), two_valued, seen, encode_rle(mask))
+    try:
+        # RLE sizes are compared with the image by the caller (a size_mismatch, not a decoding error);
+        # only polygons need the size to be rasterised at all
+        polygons = _is_polygon_list(source.segmentation)
+        mask = decode_segmentation(source.segmentation, size=source.size if polygons else None)
+    except ValueError as err:
+        return _MaskInfo(None, kind="bad_segmentation", message=f"is not decodable: {err}")
+    return _MaskInfo(mask.shape, empty=not mask.any())
+
+
+def _is_polygon_list(segmentation: Any) -> bool:
+    return isinstance(segmentation, list) and bool(segmentation) and isinstance(segmentation[0], list)
+
+
+def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
+    """``map`` in order; in ``workers`` processes when > 0 (results stay in input order)."""
+    if workers <= 0 or len(items) < 2:
+        return [function(item) for item in items]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items, chunksize=max(1, len(items) // (workers * 8))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking one split
+# --------------------------------------------------------------------------------------------------
+
+
+def inspect_split(
+    records: Sequence[ReferringRecord], *, split: str, workers: int = 0
+) -> tuple[list[Defect], list[dict[str, Any]]]:
+    """Open every image and mask of a split's records; return the defects and the JSONL lines.
+
+    Args:
+        records: The split's records after known-bad skipping, in index order.
+        split: The split's name.
+        workers: Worker processes for decoding (0: in this process).
+
+    Returns:
+        The defects (in record order, duplicates last) and one unified-JSONL object per record
+        (meaningful only when no defect is an error).
+    """
+    image_paths = sorted({r.image_path for r in records})
+    image_infos = dict(zip(image_paths, _parallel_map(_inspect_image, image_paths, workers), strict=True))
+    mask_files = sorted({r.mask.path for r in records if isinstance(r.mask, MaskFile)})
+    file_infos = dict(
+        zip(mask_files, _parallel_map(_inspect_mask, [MaskFile(p) for p in mask_files], workers), strict=True)
+    )
+    coco = [r.mask for r in records if isinstance(r.mask, CocoSegmentation)]
+    coco_infos = iter(_parallel_map(_inspect_mask, coco, workers))
+
+    defects: list[Defect] = []
+    lines: list[dict[str, Any]] = []
+    for record in records:
+        image = image_infos[record.image_path]
+        mask = file_infos[record.mask.path] if isinstance(record.mask, MaskFile) else next(coco_infos)
+        defects.extend(_record_defects(record, image, mask))
+        lines.append(_jsonl_line(record, image.size, mask.rle))
+
+    first_of: dict[tuple[str, str], str] = {}
+    for record in records:
+        key = (record.file_name, record.sentence)
+        if key in first_of:
+            defects.append(
+                Defect(
+                    "duplicate_pair",
+                    split,
+                    f"{record.sample_id} repeats (image {record.image_path}, sentence {record.sentence!r}) "
+                    f"of {first_of[key]}",
+                    record.sample_id,
+                    str(record.image_path),
+                )
+            )
+        else:
+            first_of[key] = record.sample_id
+    return defects, lines
+
+
+def _record_defects(record: ReferringRecord, image: _ImageInfo, mask: _MaskInfo) -> list[Defect]:
+    """What is wrong with one record, given what its image and mask turned out to be."""
+    is_file = isinstance(record.mask, MaskFile)
+    mask_name = str(record.mask.path) if isinstance(record.mask, MaskFile) else _segmentation_name(record)
+    found: list[tuple[str, str, Path | str]] = []
+    if image.kind is not None:
+        found.append((image.kind, str(image.message), record.image_path))
+    if mask.kind is not None:
+        # a mask file's message names its path already; a segmentation is named here
+        found.append((mask.kind, f"{'' if is_file else mask_name + ' '}{mask.message}", mask_name))
+    if image.size is not None and mask.size is not None and image.size != mask.size:
+        message = f"mask {mask_name} is {_hw(mask.size)}, image {record.image_path} is {_hw(image.size)}"
+        found.append(("size_mismatch", message, record.image_path))
+    if image.size is not None and record.original_size is not None and image.size != record.original_size:
+        message = (
+            f"image {record.image_path} is {_hw(image.size)}, the index states {_hw(record.original_size)}"
+        )
+        found.append(("stated_size_mismatch", message, record.image_path))
+    if mask.size is not None and mask.empty:
+        found.append(("empty_mask", f"{mask_name} has no foreground pixel", mask_name))
+    if not mask.two_valued:
+        message = f"mask {mask_name} is not two-valued (values {list(mask.values)}…); thresholded at > 127"
+        found.append(("non_binary_mask", message, mask_name))
+    return [
+        Defect(kind, record.split, f"{record.sample_id}: {message}", record.sample_id, str(file))
+        for kind, message, file in found
+    ]
+
+
+def _segmentation_name(record: ReferringRecord) -> str:
+    ann = f" (ann_id {record.ann_id})" if record.ann_id is not None else ""
+    return f"the segmentation of {record.file_name}{ann}"
+
+
+def _jsonl_line(
+    record: ReferringRecord, size: tuple[int, int] | None, rle: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The unified-JSONL object of a record; COCO segmentations are kept exactly as the source wrote them."""
+    segmentation = rle if isinstance(record.mask, MaskFile) else record.mask.segmentation
+    line: dict[str, Any] = {
+        "split": record.split,
+        "sample_id": record.sample_id,
+        "image_id": record.image_id if record.image_id is not None else Path(record.file_name).stem,
+        "sent": record.sentence,
+        "file_name": record.file_name,
+    }
+    if size is not None:
+        line["height"], line["width"] = size
+    line["segmentation"] = segmentation
+    optional = {
+        "category_name": record.category,
+        "category_id": record.category_id,
+        "ann_id": record.ann_id,
+        "ref_id": record.ref_id,
+        "sent_id": record.sent_id,
+    }
+    line.update({k: v for k, v in optional.items() if v is not None})
+    return line
+
+
+def _hw(size: Sequence[int]) -> str:
+    return f"{size[0]}×{size[1]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------------
+
+
+def compose_data_config(layout: str, root: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The ``data`` node of ``conf/data/<layout>.yaml`` with ``root`` set, as training would compose it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    from rsrefseg.build import CONFIG_DIR
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"data={layout}", *overrides])
+    except MissingConfigException as err:
+        options = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
+        raise PrepareError(
+            f"--layout {layout!r} is not a data config; options in {CONFIG_DIR}/data: {options}"
+        ) from err
+    data = cfg.data
+    for key in ("reader", "root"):
+        if key not in data:
+            raise PrepareError(f"data={layout} has no '{key}' node; it is not an on-disk dataset config")
+    # set after composing: a path may hold characters Hydra's override grammar rejects
+    data.root = str(Path(root).expanduser().resolve())
+    return data
+
+
+def prepare(
+    *,
+    layout: str,
+    root: str | Path,
+    out: str | Path,
+    splits: Sequence[str] = SPLITS,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+    strict: bool = False,
+    workers: int = 0,
+    link_images: bool = True,
+) -> PrepareReport:
+    """Check a dataset and, when it passes, write its unified JSONL.
+
+    Args:
+        layout: A ``conf/data`` option with a ``reader`` node (refsegrs, rrsisd, risbench, jsonl).
+        root: The downloaded dataset's folder (sets ``data.root``).
+        out: Output folder.
+        splits: Splits to check and convert.
+        overrides: Hydra overrides of the composed config (``data.reader.image_dir=…``).
+        force: Replace existing outputs whose content differs.
+        strict: Treat warnings as errors (nothing but the report is written).
+        workers: Processes decoding images and masks (0: this process).
+        link_images: Make ``<out>/images`` a link to the image folder, so that ``data=jsonl
+            data.root=<out>`` finds the images without setting ``data.image_dir``.
+
+    Returns:
+        The report; ``report.ok(strict=strict)`` says whether the JSONL was written.
+
+    Raises:
+        PrepareError: If the index cannot be read, or an output differs from an existing file and
+            ``force`` is False.
+    """
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise PrepareError(f"unknown split(s) {unknown}; expected names among {SPLITS}")
+    data = compose_data_config(layout, root, overrides)
+    reader = _instantiate_reader(data)
+    skip_files = [
+        str(name) for name in OmegaConf.to_container(data.reader, resolve=True).get("skip_files") or []
+    ]
+    expected = OmegaConf.to_container(data, resolve=True).get("expected_counts") or {}
+    out = Path(out).expanduser().resolve()
+    report = PrepareReport(layout=layout, root=str(data.root), out=str(out))
+
+    lines_by_split: dict[str, list[dict[str, Any]]] = {}
+    image_roots: set[Path] = set()
+    categories: set[str] = set()
+    found_bad: set[str] = set()
+    for split in splits:
+        try:
+            listed = reader(split=split, skip_files=())
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise PrepareError(f"cannot read the {split} index of {layout} under {data.root}: {err}") from err
+        kept, skipped = partition_known_bad(listed, skip_files)
+        found_bad.update(name for name in skip_files if any(is_listed(r, frozenset([name])) for r in skipped))
+        expected_count = expected.get(split)
+        report.splits[split] = {
+            "listed": len(listed),
+            "skipped_known_bad": len(skipped),
+            "kept": len(kept),
+            "expected": expected_count,
+        }
+        report.skipped_known_bad[split] = sorted({Path(r.file_name).name for r in skipped})
+        if expected_count is not None and len(listed) != expected_count:
+            report.defects.append(
+                Defect(
+                    "count_mismatch",
+                    split,
+                    f"the {split} index lists {len(listed)} samples; {expected_count} expected "
+                    f"(data.expected_counts.{split})",
+                )
+            )
+        defects, lines = inspect_split(kept, split=split, workers=workers)
+        report.defects.extend(defects)
+        lines_by_split[split] = lines
+        image_roots.update(r.image_root for r in kept)
+        categories.update(r.category for r in kept if r.category is not None)
+    report.known_bad_not_found = sorted(set(skip_files) - found_bad)
+    report.categories = sorted(categories)
+    if len(image_roots) > 1:
+        raise PrepareError(
+            f"records point at several image folders {sorted(map(str, image_roots))}; expected one"
+        )
+    report.image_dir = str(next(iter(image_roots))) if image_roots else None
+
+    ok = report.ok(strict=strict)
+    outputs: dict[Path, bytes] = {}
+    if ok:
+        for split, lines in lines_by_split.items():
+            outputs[out / f"{split}.jsonl"] = "".join(json.dumps(line) + "\n" for line in lines).encode(
+                "utf-8"
+            )
+    report_path = out / REPORT_NAME
+    outputs[report_path] = (
+        json.dumps(report.as_dict(strict=strict), indent=2, ensure_ascii=False) + "\n"
+    ).encode()
+    link = out / IMAGE_LINK if link_images and ok and report.image_dir else None
+    clashes = _clashes(outputs, link, report.image_dir, report_path=report_path, force=force)
+    if clashes:
+        raise OverwriteRefused(
+            "refusing to replace existing output(s) that differ (use --force): " + "; ".join(clashes), report
+        )
+    readable = 0o666 & ~_umask()
+    for path, payload in outputs.items():
+        if not (path.is_file() and path.read_bytes() == payload):  # identical files are left untouched
+            with atomic_open(path) as handle:
+                handle.write(payload)
+            # atomic_open's temporary file is private (0600); a dataset index is meant to be shared
+            path.chmod(readable)
+        report.written.append(str(path))
+    if link is not None:
+        _link(link, Path(report.image_dir))  # type: ignore[arg-type]
+        report.written.append(str(link))
+    return report
+
+
+def _instantiate_reader(data: DictConfig) -> Callable[..., list[ReferringRecord]]:
+    from hydra.utils import instantiate
+
+    reader = instantiate(OmegaConf.to_container(data.reader, resolve=True))
+    if not callable(reader):
+        raise PrepareError(f"data.reader instantiated to {reader!r}; expected a reader (set _partial_: true)")
+    return reader
+
+
+def _clashes(
+    outputs: Mapping[Path, bytes], link: Path | None, image_dir: str | None, *, report_path: Path, force: bool
+) -> list[str]:
+    """The outputs that would replace something different, checked before anything is written."""
+    clashes = []
+    if link is not None and (link.exists() or link.is_symlink()):
+        if not link.is_symlink():
+            # a real folder is never replaced, not even with --force: it may hold the only copy of data
+            clashes.append(f"{link} is a real folder or file, not a link; move it away")
+        elif not force and Path(os.readlink(link)) != Path(image_dir or ""):
+            clashes.append(f"{link} links to {os.readlink(link)}, not to {image_dir}")
+    if force:
+        return clashes
+    for path, payload in outputs.items():
+        if not path.exists() or (path.is_file() and path.read_bytes() == payload):
+            continue
+        if path == report_path and path.is_file() and not _report_was_ok(path):
+            continue  # a failed run's report describes nothing on disk: replace it freely
+        clashes.append(f"{path} differs")
+    return clashes
+
+
+def _report_was_ok(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("ok"))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.tmp-link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def format_report(report: PrepareReport, *, strict: bool = False) -> str:
+    """The report as plain text: a table per split, then each kind of defect with examples."""
+    rows = [f"rsrefseg-prepare: {report.layout} at {report.root}"]
+    rows.append(f"{'split':<6} {'listed':>8} {'known-bad':>10} {'kept':>8} {'expected':>9}  counts")
+    for split, counts in report.splits.items():
+        expected = counts["expected"]
+        verdict = "–" if expected is None else ("ok" if counts["listed"] == expected else "MISMATCH")
+        rows.append(
+            f"{split:<6} {counts['listed']:>8} {counts['skipped_known_bad']:>10} {counts['kept']:>8} "
+            f"{'–' if expected is None else expected:>9}  {verdict}"
+        )
+    for split, names in report.skipped_known_bad.items():
+        if names:
+            count = report.splits[split]["skipped_known_bad"]
+            rows.append(f"skipped as known-bad in {split} ({count} samples): {', '.join(names)}")
+    if report.known_bad_not_found:
+        rows.append(
+            f"known-bad names not found in the checked splits: {', '.join(report.known_bad_not_found)}"
+        )
+    by_kind: dict[str, list[Defect]] = defaultdict(list)
+    for defect in report.defects:
+        by_kind[defect.kind].append(defect)
+    for kind in (*ERROR_KINDS, *WARNING_KINDS):
+        found = by_kind.get(kind)
+        if not found:
+            continue
+        level = "ERROR" if kind in ERROR_KINDS else "warning"
+        rows.append(f"{level} {kind}: {len(found)}")
+        rows.extend(f"  {d.message}" for d in found[:_EXAMPLES_PRINTED])
+        if len(found) > _EXAMPLES_PRINTED:
+            rows.append(f"  … {len(found) - _EXAMPLES_PRINTED} more in {Path(report.out) / REPORT_NAME}")
+    if report.ok(strict=strict) and not report.written:
+        rows.append("checks passed; nothing written")
+    elif report.ok(strict=strict):
+        rows.append("OK: wrote " + ", ".join(report.written))
+        command = f"rsrefseg-train data=jsonl data.root={report.out}"
+        if report.categories:  # per-category scores need the names up front (the metric states)
+            command += f" data.group_key=category 'data.group_names=[{','.join(report.categories)}]'"
+        rows.append(f"train on it: {command}")
+    else:
+        reason = "errors" if report.errors else "warnings (--strict)"
+        rows.append(f"FAILED ({reason}): no JSONL written; full report in {Path(report.out) / REPORT_NAME}")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsrefseg-prepare",
+        description="Check a downloaded referring-segmentation dataset and convert it to the unified JSONL.",
+    )
+    parser.add_argument(
+        "--layout", required=True, help="a conf/data option: refsegrs, rrsisd, risbench, jsonl"
+    )
+    parser.add_argument("--root", required=True, type=Path, help="the downloaded dataset folder")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for <split>.jsonl and the report"
+    )
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to convert")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs that differ")
+    parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    parser.add_argument("--workers", type=int, default=0, help="decoding processes (0: none)")
+    parser.add_argument("--no-link-images", action="store_true", help="do not create <out>/images")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides of the data config, e.g. data.known_bad_list=strict"
+    )
+    return parser
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Console entry point; returns 0 (written), 1 (checks failed) or 2 (cannot read / would overwrite)."""
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    try:
+        report = prepare(
+            layout=args.layout,
+            root=args.root,
+            out=args.out,
+            splits=args.splits,
+            overrides=args.overrides,
+            force=args.force,
+            strict=args.strict,
+            workers=args.workers,
+            link_images=not args.no_link_images,
+        )
+    except PrepareError as err:
+        if isinstance(err, OverwriteRefused):
+            print(format_report(err.report, strict=args.strict))
+        print(f"rsrefseg-prepare: error: {err}", file=sys.stderr)
+        return 2
+    print(format_report(report, strict=args.strict))
+    return 0 if report.ok(strict=args.strict) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
