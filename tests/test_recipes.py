@@ -99,3 +99,28 @@ def test_tiny_variant_keeps_the_recipe_but_fits_a_cpu(dataset):
         cfg.optimizer == paper.optimizer and cfg.trainer.gradient_clip_val == paper.trainer.gradient_clip_val
     )
     assert cfg.scheduler.unit == "epoch" and cfg.trainer.max_epochs == 3
+
+
+@pytest.mark.parametrize("dataset", list(PAPER))
+def test_tiny_variant_trains_on_the_dataset_layout(tmp_path, dataset):
+    """The CPU smoke variant runs end to end on a tiny copy of the dataset in its true layout."""
+    import fixtures_layouts as layouts
+    from rsrefseg.train import train
+
+    maker, folder = {
+        "refsegrs": (layouts.make_refsegrs, "RefSegRS"),
+        "rrsisd": (layouts.make_rrsisd, "RRSIS-D"),
+        "risbench": (layouts.make_risbench, "RISBench"),
+    }[dataset]
+    fixture = maker(tmp_path / "data" / folder)
+    overrides = [
+        f"experiment={dataset}_tiny",
+        "debug=fdr",
+        "logger=none",
+        "shuffled_sentence_test=false",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
+    payload = train(compose_config("train", overrides))
+    test = payload["metrics"]["test"]
+    assert test["num_samples"] == len(fixture.samples["test"]) and 0.0 <= test["gIoU"] <= 100.0
+    assert "whole_image" in payload["metrics"]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from rsrefseg.metrics import ReferringSegmentationMetrics
+from rsrefseg.scoring import Resolution, scoring_target
 
 
 def trivial_baselines(
@@ -16,11 +17,14 @@ def trivial_baselines(
     group_names: Sequence[str] = (),
     group_key: str | None = None,
     inclusive_pr: bool = False,
+    resolution: Resolution = "original",
 ) -> dict[str, dict[str, float]]:
     """Score "all background" and "whole image" predictions on a split.
 
     Args:
-        samples: dataset items with ``mask`` (1×H×W) or ``original_mask`` (H×W), and the group key.
+        samples: dataset items with ``mask`` (1×S×S), optionally ``original_mask`` (H×W) and
+            ``content_size``, and the group key.
+        resolution: ``original`` or ``input`` (see :mod:`rsrefseg.scoring`); padding never counts.
 
     Returns:
         ``{"all_background": metrics, "whole_image": metrics}`` in percent.
@@ -31,8 +35,7 @@ def trivial_baselines(
         for name in makers
     }
     for sample in samples:
-        target = sample.get("original_mask")
-        target = (sample["mask"][0] > 0.5) if target is None else target.bool()
+        target = scoring_target(sample, resolution)
         groups = [sample[group_key]] if group_key else None
         for name, make in makers.items():
             metrics[name].update([make(target, dtype=torch.bool)], [target], groups)

@@ -71,6 +71,7 @@ def build_module(
         group_key=datamodule.group_key if datamodule is not None else None,
         inclusive_pr=bool(metrics.get("inclusive_pr", False)),
         threshold=float(metrics.get("threshold", 0.5)),
+        resolution=str(metrics.get("resolution", "original")),
         run_config=run_config,
         checkpoint_weights=str(cfg.get("checkpoint_weights") or "trainable"),
     )

@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rsrefseg.build import CONFIG_DIR, build_datamodule, build_module, build_trainer, prepare_process
 from rsrefseg.evaluate import evaluate_splits
@@ -24,38 +24,53 @@ from rsrefseg.results import plain_lines, print_table, save_results
 log = logging.getLogger(__name__)
 
 
-def load_module(ckpt_path: str | Path, datamodule: Any = None, *, metrics: Any = None) -> RefSegModule:
-    """Rebuild the run's module from the config stored in a checkpoint and load its weights strictly.
-
-    Args:
-        ckpt_path: a checkpoint written by ``rsrefseg-train`` or ``rsrefseg-export``.
-        datamodule: supplies the groups scored separately (None: no groups).
-        metrics: replaces the stored ``metrics`` config node (threshold, Pr@X convention).
-    """
+def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by ``rsrefseg-train`` / ``rsrefseg-export`` (with its run config)."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (set ckpt_path=<file written by rsrefseg-train>)"
         )
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    run_config = checkpoint.get("rsrefseg_config")
-    if not run_config:
+    if not checkpoint.get("rsrefseg_config"):
         raise ValueError(f"{path} holds no 'rsrefseg_config': it was not written by rsrefseg-train")
+    checkpoint["rsrefseg_source"] = str(path)
+    return checkpoint
+
+
+def load_module(
+    checkpoint: str | Path | dict[str, Any], datamodule: Any = None, *, metrics: Any = None
+) -> RefSegModule:
+    """Rebuild the run's module from the config stored in a checkpoint and load its weights strictly.
+
+    Args:
+        checkpoint: a checkpoint file written by ``rsrefseg-train`` or ``rsrefseg-export``, or
+            what :func:`read_checkpoint` returned for it.
+        datamodule: supplies the groups scored separately (None: no groups).
+        metrics: replaces the stored ``metrics`` config node (threshold, Pr@X convention, resolution).
+    """
+    if not isinstance(checkpoint, dict):
+        checkpoint = read_checkpoint(checkpoint)
+    run_config = checkpoint["rsrefseg_config"]
     cfg = OmegaConf.create(run_config)
     if metrics is not None:
         cfg.metrics = metrics
     cfg.optimizer = None
     cfg.scheduler = None
     module = build_module(cfg, datamodule, run_config=run_config)
-    module.load_checkpoint_state(checkpoint, source=path)
+    module.load_checkpoint_state(checkpoint, source=checkpoint.get("rsrefseg_source", "checkpoint"))
     return module
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     prepare_process()
     pl.seed_everything(cfg.seed, workers=True)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    # the data config follows the network it feeds (data.image_size: ${model.sam.image_size})
+    with open_dict(cfg):
+        cfg.model = checkpoint["rsrefseg_config"]["model"]
     datamodule = build_datamodule(cfg.data)
-    module = load_module(cfg.ckpt_path, datamodule, metrics=cfg.metrics)
+    module = load_module(checkpoint, datamodule, metrics=cfg.metrics)
     trainer = build_trainer(cfg, callbacks=[], loggers=[])
     columns = evaluate_splits(
         trainer,
@@ -68,9 +83,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     payload = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "metrics": columns}
     if trainer.is_global_zero:
-        print_table(columns, title=f"{cfg.split} split — {cfg.ckpt_path}")
+        title = f"{cfg.split} split — {cfg.ckpt_path}, scored at the {cfg.metrics.resolution} size"
+        print_table(columns, title=title)
         print(plain_lines(cfg.split, columns[cfg.split]))
-        path = save_results(cfg.paths.output_dir, payload, columns, stem=f"metrics_{cfg.split}")
+        path = save_results(cfg.paths.output_dir, payload, columns, stem=f"metrics_{cfg.split}", title=title)
         log.info("metrics written to %s", path)
     return payload
 

@@ -47,6 +47,7 @@ def evaluate_splits(
                 group_names=datamodule.group_names,
                 group_key=datamodule.group_key,
                 inclusive_pr=module.test_metrics.inclusive,
+                resolution=module.resolution,
             )
         )
     return columns

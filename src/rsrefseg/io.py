@@ -18,12 +18,14 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for binary writing; on success fsync and rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is left untouched.
+    On any error the temporary file is removed and ``path`` is left untouched. The file gets the
+    permissions a plain ``open`` would give (``mkstemp`` makes it private, 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -32,6 +34,12 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rsrefseg.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
@@ -19,6 +18,7 @@ from rsrefseg.losses import ReferringLoss
 from rsrefseg.metrics import ReferringSegmentationMetrics
 from rsrefseg.models import RSRefSeg2, parameter_report
 from rsrefseg.models.prompter.base import emits_queries
+from rsrefseg.scoring import Resolution, check_resolution, score_batch
 
 # Metric values are summed over ranks inside the Metric before they are logged; Lightning's advice
 # to add sync_dist would average already-global numbers.
@@ -26,24 +26,6 @@ warnings.filterwarnings("ignore", message=r".*when logging on epoch level in dis
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-
-
-def predict_masks(logits: Tensor, sizes: Sequence[Sequence[int]], *, threshold: float = 0.5) -> list[Tensor]:
-    """Low-resolution logits → one boolean mask per sample at its own size.
-
-    Args:
-        logits: B×1×h×w mask logits.
-        sizes: B (height, width) pairs to resize to (bilinear on logits, then sigmoid > threshold).
-
-    Returns:
-        B boolean tensors of shape H_i×W_i.
-    """
-    cut = torch.logit(torch.tensor(threshold)).item()
-    masks = []
-    for logit, (h, w) in zip(logits, sizes, strict=True):
-        up = F.interpolate(logit[None].float(), size=(int(h), int(w)), mode="bilinear", align_corners=False)
-        masks.append(up[0, 0] > cut)
-    return masks
 
 
 class RefSegModule(pl.LightningModule):
@@ -58,6 +40,8 @@ class RefSegModule(pl.LightningModule):
         group_key: batch key holding each sample's group name.
         inclusive_pr: Pr@X counts IoU ≥ X (LAVT / RMSIN) instead of > X (the release).
         threshold: probability above which a pixel is foreground.
+        resolution: score at the ``original`` image size (default) or the network's ``input`` size
+            (see :mod:`rsrefseg.scoring`).
         run_config: the resolved run configuration, stored in every checkpoint so evaluation
             can rebuild the exact network.
         checkpoint_weights: ``trainable`` (default) saves the trainable parameters, buffers and
@@ -75,6 +59,7 @@ class RefSegModule(pl.LightningModule):
         group_key: str | None = None,
         inclusive_pr: bool = False,
         threshold: float = 0.5,
+        resolution: Resolution = "original",
         run_config: Mapping[str, Any] | None = None,
         checkpoint_weights: str = TRAINABLE,
     ) -> None:
@@ -93,6 +78,8 @@ class RefSegModule(pl.LightningModule):
             loss.contrastive.requires_grad_(False)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.group_key, self.threshold = group_key, threshold
+        check_resolution(resolution)
+        self.resolution = resolution
         self.run_config = dict(run_config or {})
         metric_args = dict(inclusive=inclusive_pr, group_names=tuple(group_names))
         self.val_metrics = ReferringSegmentationMetrics(**metric_args)
@@ -118,15 +105,9 @@ class RefSegModule(pl.LightningModule):
 
     def _score(self, batch: Mapping[str, Any], metrics: ReferringSegmentationMetrics) -> None:
         logits = self(batch["image"], batch["sentence"])
-        targets = batch.get("original_mask")
-        if targets is None:
-            targets = [m[0] > 0.5 for m in batch["mask"]]
-        sizes = batch.get("original_size") or [t.shape[-2:] for t in targets]
-        preds = predict_masks(logits, sizes, threshold=self.threshold)
+        preds, targets = score_batch(logits, batch, resolution=self.resolution, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
-        metrics.update(
-            preds, [t.bool().reshape(p.shape) for t, p in zip(targets, preds, strict=True)], groups
-        )
+        metrics.update(preds, targets, groups)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metrics)

@@ -486,13 +486,10 @@ def prepare(
         raise OverwriteRefused(
             "refusing to replace existing output(s) that differ (use --force): " + "; ".join(clashes), report
         )
-    readable = 0o666 & ~_umask()
     for path, payload in outputs.items():
         if not (path.is_file() and path.read_bytes() == payload):  # identical files are left untouched
             with atomic_open(path) as handle:
                 handle.write(payload)
-            # atomic_open's temporary file is private (0600); a dataset index is meant to be shared
-            path.chmod(readable)
         report.written.append(str(path))
     if link is not None:
         _link(link, Path(report.image_dir))  # type: ignore[arg-type]
@@ -536,12 +533,6 @@ def _report_was_ok(path: Path) -> bool:
         return bool(json.loads(path.read_text(encoding="utf-8")).get("ok"))
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _link(link: Path, target: Path) -> None:

@@ -37,9 +37,10 @@ def print_table(columns: Columns, *, title: str, console: Console | None = None)
     (console or Console()).print(table)
 
 
-def markdown_table(columns: Columns) -> str:
-    """The same table as GitHub Markdown."""
-    lines = ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+def markdown_table(columns: Columns, *, title: str | None = None) -> str:
+    """The same table as GitHub Markdown, under ``title`` (which names the split) when given."""
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| metric | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for row in _row_names(columns):
         lines.append(f"| {row} | " + " | ".join(_cell(row, v.get(row)) for v in columns.values()) + " |")
     return "\n".join(lines) + "\n"
@@ -51,9 +52,14 @@ def plain_lines(prefix: str, values: Mapping[str, float]) -> str:
 
 
 def save_results(
-    output_dir: str | Path, payload: Mapping, columns: Columns, *, stem: str = "metrics"
+    output_dir: str | Path,
+    payload: Mapping,
+    columns: Columns,
+    *,
+    stem: str = "metrics",
+    title: str | None = None,
 ) -> Path:
     """Write ``<stem>.json`` (everything) and ``<stem>.md`` (the table) atomically; return the JSON path."""
     output_dir = Path(output_dir)
-    atomic_write_text(output_dir / f"{stem}.md", markdown_table(columns))
+    atomic_write_text(output_dir / f"{stem}.md", markdown_table(columns, title=title))
     return atomic_write_json(output_dir / f"{stem}.json", payload)

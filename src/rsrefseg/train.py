@@ -113,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "global_step": trainer.global_step,
             "data": data_report,
         }
+        title = f"test split — selected on {cfg.select_on}, scored at the {cfg.metrics.resolution} size"
         if cfg.test_after_fit:
             if not best_path:
                 log.warning(
@@ -129,12 +130,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
             payload["metrics"] = columns
             if trainer.is_global_zero:
-                print_table(
-                    columns, title=f"test split — checkpoint selected on {cfg.select_on}", console=console
-                )
+                print_table(columns, title=title, console=console)
                 print(plain_lines("test", columns["test"]))
         if trainer.is_global_zero:
-            path = save_results(output_dir, payload, payload.get("metrics", {}))
+            path = save_results(output_dir, payload, payload.get("metrics", {}), title=title)
             log.info("metrics written to %s", path)
         return payload
     finally:

@@ -1,0 +1,101 @@
+"""From network logits to the masks that are scored, at the original image size or the input size.
+
+Items carry ``content_size`` (h, w): the resized image occupies the top-left h×w of the S×S input
+canvas and the rest is padding. Scoring never looks at padding:
+
+- ``original`` (default, METHOD.md §5): logits → bilinear to S×S → crop h×w → bilinear to the
+  original H×W → sigmoid > threshold, against the original-size ground truth ``original_mask``.
+- ``input`` (the LAVT / RMSIN convention, usually with inclusive Pr@X): the cropped h×w
+  prediction against the input-size ground truth ``mask`` cropped the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Resolution = Literal["original", "input"]
+RESOLUTIONS = ("original", "input")
+
+
+def check_resolution(resolution: str) -> None:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"metrics.resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+
+
+def predict_masks(
+    logits: Tensor,
+    *,
+    canvas_size: int,
+    content_sizes: Sequence[Sequence[int]],
+    output_sizes: Sequence[Sequence[int]],
+    threshold: float = 0.5,
+) -> list[Tensor]:
+    """Low-resolution logits over the input canvas → one boolean mask per sample.
+
+    Args:
+        logits: B×1×m×m mask logits covering the S×S input canvas.
+        canvas_size: S.
+        content_sizes: B (h, w) of the image content in the canvas (the rest is padding).
+        output_sizes: B (H, W) to resize the cropped prediction to.
+        threshold: probability above which a pixel is foreground.
+
+    Returns:
+        B boolean tensors of shape H_i×W_i.
+    """
+    cut = torch.logit(torch.tensor(threshold)).item()
+    canvas = logits.float()
+    if canvas.shape[-2:] != (canvas_size, canvas_size):
+        canvas = F.interpolate(canvas, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False)
+    masks = []
+    for logit, (h, w), (out_h, out_w) in zip(canvas, content_sizes, output_sizes, strict=True):
+        content = logit[None, :, : int(h), : int(w)]
+        size = (int(out_h), int(out_w))
+        if content.shape[-2:] != size:
+            content = F.interpolate(content, size=size, mode="bilinear", align_corners=False)
+        masks.append(content[0, 0] > cut)
+    return masks
+
+
+def _content_size(item: Mapping[str, Any], index: int | None, canvas_size: int) -> tuple[int, int]:
+    sizes = item.get("content_size")
+    if sizes is None:
+        return canvas_size, canvas_size
+    size = sizes if index is None else sizes[index]
+    return int(size[0]), int(size[1])
+
+
+def scoring_target(sample: Mapping[str, Any], resolution: Resolution) -> Tensor:
+    """The ground truth one dataset item is scored against: bool H×W (original) or h×w (input)."""
+    check_resolution(resolution)
+    mask = sample["mask"]
+    if resolution == "original" and sample.get("original_mask") is not None:
+        return sample["original_mask"].bool().reshape(sample["original_mask"].shape[-2:])
+    h, w = _content_size(sample, None, mask.shape[-1])
+    return mask[0, :h, :w] > 0.5
+
+
+def score_batch(
+    logits: Tensor, batch: Mapping[str, Any], *, resolution: Resolution, threshold: float = 0.5
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Predictions and targets of a collated batch at the chosen resolution (see the module docstring)."""
+    check_resolution(resolution)
+    canvas = batch["image"].shape[-1]
+    count = batch["image"].shape[0]
+    contents = [_content_size(batch, i, canvas) for i in range(count)]
+    if resolution == "original" and batch.get("original_mask") is not None:
+        targets = [t.bool().reshape(t.shape[-2:]) for t in batch["original_mask"]]
+    else:
+        targets = [m[0, :h, :w] > 0.5 for m, (h, w) in zip(batch["mask"], contents, strict=True)]
+    preds = predict_masks(
+        logits,
+        canvas_size=canvas,
+        content_sizes=contents,
+        output_sizes=[t.shape[-2:] for t in targets],
+        threshold=threshold,
+    )
+    return preds, targets
