@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rsrefseg.models.checkpoints import pretrained_prefixes
+from rsrefseg.models.checkpoints import describe_key_mismatch, pretrained_prefixes
 
 #: value of ``checkpoint["rsrefseg_weights"]``: which weights a checkpoint holds
 TRAINABLE, FULL = "trainable", "full"
@@ -54,23 +54,10 @@ def check_checkpoint_state(
     if weights not in (TRAINABLE, FULL):
         raise ValueError(f"{source}: rsrefseg_weights={weights!r}; expected {TRAINABLE!r} or {FULL!r}")
     own = module.state_dict()
-    expected = saved_keys(module) if weights == TRAINABLE else set(own)
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(expected & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-
-        def head(items: list[str]) -> str:
-            return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
-
+    problem = describe_key_mismatch(own, state, saved_keys(module) if weights == TRAINABLE else set(own))
+    if problem:
         raise ValueError(
-            f"checkpoint {source} ({weights} weights) does not fit the network built from its config: "
-            f"{len(missing)} missing [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
-            f"{len(mismatched)} shape mismatches [{head(mismatched)}]"
+            f"checkpoint {source} ({weights} weights) does not fit its config's network: " + problem
         )
 
 

@@ -157,3 +157,11 @@ def masked_adaptive_avg_pool(tokens: Tensor, padding_mask: Tensor | None, num_bi
     weights = ((pos[None, None] >= start[..., None]) & (pos[None, None] < end[..., None])).to(tokens.dtype)
     weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1)
     return weights @ tokens
+
+
+def resize_grid_pe(pe: Tensor, grid_size: int) -> Tensor:
+    """A learned C×g×g positional embedding as 1×C×g'×g', bicubically resized when g' ≠ g."""
+    pe = pe[None]
+    if pe.shape[-1] != grid_size:
+        pe = F.interpolate(pe, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
+    return pe

@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from torch import Tensor, nn
+
+
+def describe_key_mismatch(
+    own: Mapping[str, Tensor], state: Mapping[str, Tensor], expected: Collection[str] | None = None
+) -> str | None:
+    """Why ``state`` does not fit a module whose state dict is ``own``, or None when it fits.
+
+    Args:
+        own: the module's state dict (for shapes).
+        state: the state read from a file.
+        expected: the keys ``state`` must have exactly (default: every key of ``own``).
+
+    Returns:
+        ``"<n> missing [...], <n> unexpected [...], <n> shape mismatches [...]"`` (10 keys each at most).
+    """
+    expected = set(own) if expected is None else set(expected)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(expected & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return None
+
+    def head(items: list[str]) -> str:
+        return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
+
+    return (
+        f"{len(missing)} missing [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
+        f"{len(mismatched)} shape mismatches [{head(mismatched)}]"
+    )
 
 
 def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, source: str | Path) -> None:
@@ -16,23 +49,10 @@ def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], *, so
         state: the state dict read from ``source``.
         source: the file the state came from (for the message).
     """
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-
-        def head(items: list[str]) -> str:
-            return ", ".join(items[:10]) + (f" … (+{len(items) - 10} more)" if len(items) > 10 else "")
-
+    problem = describe_key_mismatch(module.state_dict(), state)
+    if problem:
         raise ValueError(
-            f"checkpoint {source} does not fit {type(module).__name__}: "
-            f"{len(missing)} missing [{head(missing)}], {len(unexpected)} unexpected [{head(unexpected)}], "
-            f"{len(mismatched)} shape mismatches [{head(mismatched)}]. "
+            f"checkpoint {source} does not fit {type(module).__name__}: {problem}. "
             "Check that the config's size matches the file."
         )
     module.load_state_dict(state, strict=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from torch import nn
+
+from rsrefseg.models.checkpoints import pretrained_prefixes
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from rsrefseg.models.rsrefseg2 import RSRefSeg2
@@ -80,7 +85,14 @@ def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mappi
     if mode == "full":
         return
     settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora or {}))
-    for backbone in (model.clip, model.sam):
+    for name, backbone in (("clip", model.clip), ("sam", model.sam)):
+        if not pretrained_prefixes(backbone):
+            log.warning(
+                "finetune=%s with random-init model.%s weights: frozen random features learn little; "
+                "point the config at pretrained weights or use finetune=full",
+                mode,
+                name,
+            )
         backbone.freeze_pretrained()
         if mode == "lora":
             backbone.add_lora(settings)

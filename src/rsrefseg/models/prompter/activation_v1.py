@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rsrefseg.models.blocks import resize_grid_pe
 from rsrefseg.models.prompter.base import PrompterOutput
 
 
@@ -108,10 +109,7 @@ class ActivationV1Prompter(nn.Module):
 
     def _image_pe(self, grid_size: int) -> Tensor:
         """1×d×g×g PE, bicubically resized when the runtime grid differs from the configured one."""
-        pe = self.image_pe[None]
-        if grid_size != self.grid_size:
-            pe = F.interpolate(pe, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
-        return pe
+        return resize_grid_pe(self.image_pe, grid_size)
 
     def forward(
         self,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rsrefseg.models.blocks import MLP, AttentionLayer, CrossAttentionMLP, masked_adaptive_avg_pool
+from rsrefseg.models.blocks import (
+    MLP,
+    AttentionLayer,
+    CrossAttentionMLP,
+    masked_adaptive_avg_pool,
+    resize_grid_pe,
+)
 from rsrefseg.models.prompter.base import PrompterOutput
 from rsrefseg.models.prompter.heads import DensePromptHead
 
@@ -239,10 +244,7 @@ class CascadedPrompter(nn.Module):
 
     def _image_pe(self, grid_size: int) -> Tensor:
         """1×g²×C_v image PE, bicubically resized when the runtime grid differs from the configured one."""
-        pe = self.image_pe[None]
-        if grid_size != self.grid_size:
-            pe = F.interpolate(pe, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
-        return pe.flatten(2).transpose(1, 2)
+        return resize_grid_pe(self.image_pe, grid_size).flatten(2).transpose(1, 2)
 
     def forward(
         self,
