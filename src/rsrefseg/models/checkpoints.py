@@ -5,7 +5,30 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
+
+
+def read_sam_checkpoint(checkpoint: str | Path, *, model: str) -> tuple[Path, object]:
+    """Read one of Meta's SAM / SAM 2 weight files (``model.sam.sam.checkpoint``) onto the CPU.
+
+    Args:
+        checkpoint: the file path.
+        model: what it is for, named in the error (``SAM``, ``SAM 2``).
+
+    Returns:
+        The resolved path and the loaded content (tensors only: ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: naming the path, the config key and the way to train without it.
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{model} checkpoint not found: {path} (config key model.sam.sam.checkpoint). Download "
+            "Meta's file for this size or set model.sam.sam.checkpoint=null for random weights."
+        )
+    return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
 def describe_key_mismatch(

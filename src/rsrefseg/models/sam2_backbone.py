@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained
+from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained, read_sam_checkpoint
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
 
@@ -90,13 +90,7 @@ def build_sam2(
     node.image_encoder.neck.position_encoding.num_pos_feats = prompt_dim
     model = instantiate(node, _recursive_=True)
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"SAM 2 checkpoint not found: {path} (config key model.sam.sam.checkpoint). Download "
-                "Meta's file for this size or set model.sam.sam.checkpoint=null for random weights."
-            )
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        path, content = read_sam_checkpoint(checkpoint, model="SAM 2")
         if not isinstance(content, Mapping) or "model" not in content:
             keys = list(content)[:5] if isinstance(content, Mapping) else type(content).__name__
             raise ValueError(

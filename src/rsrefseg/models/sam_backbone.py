@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
-from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained
+from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained, read_sam_checkpoint
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
 
@@ -73,13 +72,7 @@ def build_sam_vit(
         ),
     )
     if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"SAM checkpoint not found: {path}. Download Meta's file for this size or set "
-                "model.sam.sam.checkpoint=null to train from random weights."
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path, state = read_sam_checkpoint(checkpoint, model="SAM")
         load_state_dict_strict(sam, state, source=f"{path} (model.sam.sam.checkpoint)")
         # SamBackbone keeps these parts: our checkpoints may then omit their frozen weights
         for part in (sam.image_encoder, sam.prompt_encoder, sam.mask_decoder):
