@@ -316,3 +316,11 @@ def test_whole_network_with_hiera_tiny_gives_every_trainable_parameter_a_gradien
     frozen_heads = ("iou_prediction_head", "pred_obj_score_head", "output_hypernetworks_mlps.1.")
     assert not any(head in n for n in trainable for head in frozen_heads)
     assert ("sam.no_mem_embed" in trainable) == (finetune == "full")
+
+
+@pytest.mark.parametrize("sam", ["tiny", "hiera_tiny"])
+def test_lora_target_that_matches_nothing_names_the_config_key(sam):
+    """Every pattern must hit a module: a typo would otherwise adapt part of the encoder, silently."""
+    overrides = [f"model/sam={sam}", "model.finetune=lora", "model.sam.lora_targets=[neck_nothing]"]
+    with pytest.raises(Exception, match=r"model\.sam\.lora_targets \['neck_nothing'\] match no module"):
+        build_tiny_net(overrides)

@@ -229,14 +229,7 @@ class ClipEncoder(nn.Module):
                 self.projection_lora = adapter.to(proj)
             else:
                 targets.append(re.escape(f"{text_path}." if text_path else "") + "text_projection")
-        names = [name for name, _ in self.model.named_modules()]
-        dead = [t for t in targets if not any(re.fullmatch(t, name) for name in names)]
-        if dead:
-            raise ValueError(
-                f"model.clip.lora_targets {dead} match no module of {type(self.model).__name__} "
-                f"(full match on names such as {[n for n in names if n.endswith('attn')][:2]})"
-            )
-        inject_lora(self.model, targets, settings)
+        inject_lora(self.model, targets, settings, config_key="model.clip.lora_targets")
         # peft marks every non-adapter weight of the model it injects into as frozen
         self._train_logit_scale_and_bias()
 

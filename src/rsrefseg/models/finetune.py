@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from torch import nn
 
@@ -34,7 +35,6 @@ class LoraSettings:
     extra: dict = field(default_factory=dict)
 
 
-@runtime_checkable
 class FinetunableBackbone(Protocol):
     """What :func:`configure_finetuning` needs from a backbone (``ClipEncoder``, ``SamBackbone``, ...)."""
 
@@ -45,30 +45,41 @@ class FinetunableBackbone(Protocol):
         """Inject LoRA adapters at the backbone's own targets."""
 
 
-def inject_lora(module: nn.Module, targets: Sequence[str], settings: LoraSettings) -> None:
+def inject_lora(
+    module: nn.Module, targets: Sequence[str], settings: LoraSettings, *, config_key: str
+) -> None:
     """Wrap every sub-module of ``module`` whose name full-matches one of ``targets`` with LoRA.
 
+    Args:
+        module: the backbone part that receives adapters.
+        targets: regular expressions over ``module``'s sub-module names (peft full-match).
+        settings: rank, alpha, dropout.
+        config_key: where the targets come from, named in the error.
+
     Raises:
-        ValueError: when targets are given but none matches (a silent no-op would train nothing).
+        ValueError: when a pattern matches no module (a typo would silently adapt only part of the
+            backbone, or nothing).
     """
     from peft import LoraConfig, inject_adapter_in_model
 
     if not targets:
         return
-    pattern = "|".join(f"(?:{t})" for t in targets)
+    names = [name for name, _ in module.named_modules()]
+    dead = [t for t in targets if not any(re.fullmatch(t, name) for name in names)]
+    if dead:
+        examples = [n for n in names if n.endswith(("attn", "qkv"))][:2]
+        raise ValueError(
+            f"{config_key} {dead} match no module of {type(module).__name__} "
+            f"(full match on names such as {examples})"
+        )
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=pattern,
+        target_modules="|".join(f"(?:{t})" for t in targets),
         **settings.extra,
     )
-    try:
-        inject_adapter_in_model(config, module)
-    except ValueError as error:
-        raise ValueError(
-            f"LoRA targets {list(targets)} match no module of {type(module).__name__}: {error}"
-        ) from error
+    inject_adapter_in_model(config, module)
 
 
 def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mapping | None = None) -> None:
@@ -85,7 +96,8 @@ def configure_finetuning(model: RSRefSeg2, mode: str, lora: LoraSettings | Mappi
     if mode == "full":
         return
     settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**dict(lora or {}))
-    for name, backbone in (("clip", model.clip), ("sam", model.sam)):
+    backbones: tuple[tuple[str, FinetunableBackbone], ...] = (("clip", model.clip), ("sam", model.sam))
+    for name, backbone in backbones:
         if not pretrained_prefixes(backbone):
             log.warning(
                 "finetune=%s with random-init model.%s weights: frozen random features learn little; "

@@ -187,7 +187,7 @@ class Sam2Backbone(nn.Module):
 
     def add_lora(self, settings: LoraSettings) -> None:
         """LoRA on the image encoder's ``lora_targets``."""
-        inject_lora(self.image_encoder, self.lora_targets, settings)
+        inject_lora(self.image_encoder, self.lora_targets, settings, config_key="model.sam.lora_targets")
 
     def encode_image(self, images: Tensor) -> Sam2Features:
         """Args: images B×3×H×W in [0, 1]. Returns the B×d×h×w embedding and the two finer levels."""

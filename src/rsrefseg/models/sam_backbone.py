@@ -131,7 +131,7 @@ class SamBackbone(nn.Module):
 
     def add_lora(self, settings: LoraSettings) -> None:
         """LoRA on the image encoder's ``lora_targets``."""
-        inject_lora(self.image_encoder, self.lora_targets, settings)
+        inject_lora(self.image_encoder, self.lora_targets, settings, config_key="model.sam.lora_targets")
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns B×d×h×w image embeddings (h = w = image_size / patch)."""
