@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsrefseg.baselines import trivial_baselines
+from rsrefseg.baselines import BASELINES, update_baselines
 from rsrefseg.metrics import ReferringSegmentationMetrics
-from rsrefseg.scoring import predict_masks, score_batch, scoring_target
+from rsrefseg.scoring import predict_masks, score_batch
 
 
 def wide_sample() -> tuple[torch.Tensor, dict]:
@@ -82,15 +82,20 @@ def test_low_resolution_logits_are_upsampled_to_the_canvas_first():
 
 
 def test_baselines_follow_the_resolution():
-    _, batch = wide_sample()
-    sample = {k: v[0] for k, v in batch.items() if k != "image"}
-    assert scoring_target(sample, "original").shape == (6, 12)
-    assert scoring_target(sample, "input").shape == (4, 8)
-    whole_original = trivial_baselines([sample], resolution="original")["whole_image"]["gIoU"]
-    whole_input = trivial_baselines([sample], resolution="input")["whole_image"]["gIoU"]
-    assert whole_original == pytest.approx(100 * 42 / 72) and whole_input == pytest.approx(100 * 20 / 32)
+    logits, batch = wide_sample()
+    whole = {}
+    for resolution, shape in (("original", (6, 12)), ("input", (4, 8))):
+        _, targets = score_batch(logits, batch, resolution=resolution)
+        assert targets[0].shape == shape
+        metrics = {name: ReferringSegmentationMetrics() for name in BASELINES}
+        update_baselines(metrics, targets)
+        whole[resolution] = metrics["whole_image"].compute()["gIoU"].item()
+        assert metrics["all_background"].compute()["gIoU"].item() == 0.0
+    assert whole["original"] == pytest.approx(100 * 42 / 72) and whole["input"] == pytest.approx(
+        100 * 20 / 32
+    )
     with pytest.raises(ValueError, match=r"metrics\.resolution"):
-        scoring_target(sample, "native")
+        score_batch(logits, batch, resolution="native")
 
 
 def test_fit_then_eval_on_a_non_square_layout_at_both_resolutions(tmp_path):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from rsrefseg.baselines import trivial_baselines
+from rsrefseg.baselines import BASELINES
 from rsrefseg.data.datamodule import RefSegDataModule
 from rsrefseg.module import RefSegModule
 
@@ -24,30 +24,27 @@ def evaluate_splits(
     """Return columns ``{split: metrics, f"{split}_shuffled": …, "all_background": …, "whole_image": …}``.
 
     ``ckpt_path`` (a Lightning checkpoint) is loaded into ``module`` before scoring; None scores the
-    module's current weights.
+    module's current weights. The baselines are scored in the first pass, on the same targets.
     """
     columns: dict[str, dict[str, Any]] = {}
+    floors: dict[str, dict[str, Any]] = {}
     passes = [(split, False)] + ([(f"{split}_shuffled", True)] if shuffled_sentences else [])
     for prefix, shuffled in passes:
         module.test_prefix = prefix
+        module.score_baselines = baselines and not shuffled
         loader = datamodule.split_dataloader(split, shuffle_sentences=shuffled)
         trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
         # read back what was logged: with a spawning strategy the module that scored lives in another process
-        columns[prefix] = {
-            key[len(prefix) + 1 :]: float(value)
-            for key, value in trainer.callback_metrics.items()
-            if key.startswith(f"{prefix}/")
-        }
-    module.test_prefix = "test"
-    if baselines:
-        dataset = datamodule.dataset(split)
-        columns.update(
-            trivial_baselines(
-                (dataset[i] for i in range(len(dataset))),  # type: ignore[arg-type]
-                group_names=datamodule.group_names,
-                group_key=datamodule.group_key,
-                inclusive_pr=module.test_metrics.inclusive,
-                resolution=module.resolution,
-            )
-        )
-    return columns
+        columns[prefix] = _logged(trainer, prefix)
+        floors.update({name: _logged(trainer, name) for name in BASELINES if module.score_baselines})
+    module.test_prefix, module.score_baselines = "test", False
+    return {**columns, **floors}
+
+
+def _logged(trainer: pl.Trainer, prefix: str) -> dict[str, float]:
+    """The metrics last logged under ``<prefix>/``, without the prefix."""
+    return {
+        key[len(prefix) + 1 :]: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith(f"{prefix}/")
+    }

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from rsrefseg.baselines import BASELINES, update_baselines
 from rsrefseg.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
 from rsrefseg.losses import ReferringLoss
 from rsrefseg.metrics import ReferringSegmentationMetrics
@@ -84,8 +85,13 @@ class RefSegModule(pl.LightningModule):
         metric_args = dict(inclusive=inclusive_pr, group_names=tuple(group_names))
         self.val_metrics = ReferringSegmentationMetrics(**metric_args)
         self.test_metrics = ReferringSegmentationMetrics(**metric_args)
+        self.baseline_metrics = nn.ModuleDict(
+            {name: ReferringSegmentationMetrics(**metric_args) for name in BASELINES}
+        )
         #: prefix of logged test metrics (``test/gIoU``); other evaluation passes set their own
         self.test_prefix = "test"
+        #: also score the trivial baselines in the next test pass (logged as ``<baseline>/gIoU``)
+        self.score_baselines = False
 
     def parameter_rows(self) -> list[tuple[str, int, int]]:
         """(component, trainable, total) per network component, the loss's own weights and the total."""
@@ -108,6 +114,8 @@ class RefSegModule(pl.LightningModule):
         preds, targets = score_batch(logits, batch, resolution=self.resolution, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
         metrics.update(preds, targets, groups)
+        if metrics is self.test_metrics and self.score_baselines:
+            update_baselines(self.baseline_metrics, targets, groups)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metrics)
@@ -120,6 +128,9 @@ class RefSegModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, self.test_prefix)
+        if self.score_baselines:
+            for name, metrics in self.baseline_metrics.items():
+                self._log_metrics(metrics, name)
 
     def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> None:
         # compute() already sums the states over ranks, so the values are global: no sync_dist

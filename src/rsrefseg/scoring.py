@@ -69,16 +69,6 @@ def _content_size(item: Mapping[str, Any], index: int | None, canvas_size: int) 
     return int(size[0]), int(size[1])
 
 
-def scoring_target(sample: Mapping[str, Any], resolution: Resolution) -> Tensor:
-    """The ground truth one dataset item is scored against: bool H×W (original) or h×w (input)."""
-    check_resolution(resolution)
-    mask = sample["mask"]
-    if resolution == "original" and sample.get("original_mask") is not None:
-        return sample["original_mask"].bool().reshape(sample["original_mask"].shape[-2:])
-    h, w = _content_size(sample, None, mask.shape[-1])
-    return mask[0, :h, :w] > 0.5
-
-
 def score_batch(
     logits: Tensor, batch: Mapping[str, Any], *, resolution: Resolution, threshold: float = 0.5
 ) -> tuple[list[Tensor], list[Tensor]]:
