@@ -11,9 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import compose_config
 from rsrefseg.build import build_module
-from rsrefseg.checkpointing import FULL, TRAINABLE, saved_keys, select_state
-from rsrefseg.eval import load_module
-from rsrefseg.export import export_merged
+from rsrefseg.training.checkpoint_files import export_merged, load_module
+from rsrefseg.training.checkpointing import FULL, TRAINABLE, saved_keys, select_state
 
 SENTENCES = ["the red car left of the building", "a ship", "the large gray building", "the tree"]
 

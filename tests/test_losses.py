@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from conftest import run_on_two_gloo_ranks
-from rsrefseg.losses import ContrastiveLoss, ReferringLoss, _pooling_weights, dice_loss, orthogonality_loss
+from rsrefseg.training.losses import (
+    ContrastiveLoss,
+    ReferringLoss,
+    _pooling_weights,
+    dice_loss,
+    orthogonality_loss,
+)
 
 GRID = 4
 

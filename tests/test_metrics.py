@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from conftest import run_on_two_gloo_ranks
-from rsrefseg.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
 
 
 def _mask(shape: tuple[int, int], *pixels: tuple[int, int]) -> Tensor:

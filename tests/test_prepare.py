@@ -1,4 +1,4 @@
-"""Tests of `rsrefseg-prepare` (rsrefseg.prepare): conversion, every check, skip lists, safe writes."""
+"""Tests of `rsrefseg-prepare` (rsrefseg.cli.prepare): conversion, every check, skip lists, safe writes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from PIL import Image
 
 import fixtures_layouts as layouts
 from conftest import compose_config
+from rsrefseg.cli.prepare import OverwriteRefused, main, prepare
+from rsrefseg.data.inspection import ERROR_KINDS, format_report
 from rsrefseg.data.readers import read_jsonl
-from rsrefseg.prepare import ERROR_KINDS, OverwriteRefused, format_report, main, prepare
 
 REFSEGRS_COUNTS = [
     "data.expected_counts.train=6",

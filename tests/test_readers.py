@@ -17,13 +17,13 @@ import torch
 import fixtures_layouts as layouts
 from conftest import compose_config
 from rsrefseg.build import build_datamodule
+from rsrefseg.cli.prepare import prepare
 from rsrefseg.data.decode import NonBinaryMaskWarning, decode_mask, decode_segmentation, load_image
 from rsrefseg.data.readers import read_jsonl, read_refsegrs, read_risbench, read_rrsisd
 from rsrefseg.data.records import CocoSegmentation, MaskFile
 from rsrefseg.data.referring_dataset import ReferringDataset, referring_split
 from rsrefseg.data.synthetic import SyntheticRefSegDataset, SyntheticSceneGenerator, export_unified_jsonl
 from rsrefseg.data.transforms import ResizePad
-from rsrefseg.prepare import prepare
 
 READERS = {"refsegrs": read_refsegrs, "rrsisd": read_rrsisd, "risbench": read_risbench}
 MAKERS = {"refsegrs": layouts.make_refsegrs, "rrsisd": layouts.make_rrsisd, "risbench": layouts.make_risbench}
@@ -387,7 +387,7 @@ FDR = ["debug=fdr", "logger=none", "shuffled_sentence_test=false", "trivial_base
 
 @pytest.mark.parametrize("layout", [*LAYOUTS, "jsonl"])
 def test_fast_dev_run_on_each_layout(data_dir, tmp_path, layout):
-    from rsrefseg.train import train
+    from rsrefseg.training.run import train
 
     overrides = [*FDR, f"data={layout}", f"paths.data_dir={data_dir}"]
     if layout == "jsonl":

@@ -105,7 +105,7 @@ def test_tiny_variant_keeps_the_recipe_but_fits_a_cpu(dataset):
 def test_tiny_variant_trains_on_the_dataset_layout(tmp_path, dataset):
     """The CPU smoke variant runs end to end on a tiny copy of the dataset in its true layout."""
     import fixtures_layouts as layouts
-    from rsrefseg.train import train
+    from rsrefseg.training.run import train
 
     maker, folder = {
         "refsegrs": (layouts.make_refsegrs, "RefSegRS"),

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from rsrefseg.report import build_report, cpu_live_tensor_peak, print_report
+from rsrefseg.cli.report import build_report, print_report
+from rsrefseg.models.cost import cpu_live_tensor_peak
 
 BIN = Path(sys.executable).parent
 # the tiny backbones with a small prompter keep each measurement to a few seconds on CPU

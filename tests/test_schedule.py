@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from rsrefseg.schedule import build_warmup_constant_cosine, warmup_constant_cosine_factor
+from rsrefseg.training.schedule import build_warmup_constant_cosine, warmup_constant_cosine_factor
 
 STEPS = 100  # steps per epoch used throughout
 

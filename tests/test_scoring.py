@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsrefseg.baselines import BASELINES, update_baselines
-from rsrefseg.metrics import ReferringSegmentationMetrics
-from rsrefseg.scoring import predict_masks, score_batch
+from rsrefseg.evaluation.baselines import BASELINES, update_baselines
+from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.scoring import predict_masks, score_batch
 
 
 def wide_sample() -> tuple[torch.Tensor, dict]:
@@ -106,8 +106,8 @@ def test_fit_then_eval_on_a_non_square_layout_at_both_resolutions(tmp_path):
     """
     import fixtures_layouts as layouts
     from conftest import compose_config
-    from rsrefseg.eval import evaluate
-    from rsrefseg.train import train
+    from rsrefseg.evaluation.run import evaluate
+    from rsrefseg.training.run import train
 
     layouts.make_refsegrs(tmp_path / "data" / "RefSegRS")
     # a 40 px canvas: every fixture image (32–64 px, mostly non-square) is resized and padded

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rsrefseg.data.datamodule import RefSegDataModule
 from rsrefseg.io import AtomicCheckpointIO
-from rsrefseg.module import RefSegModule
+from rsrefseg.training.module import RefSegModule
 
 log = logging.getLogger(__name__)
 

@@ -11,40 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
-
-import torch
 
 from rsrefseg.build import prepare_process
-from rsrefseg.checkpointing import FULL, merge_lora, merged_run_config
-from rsrefseg.eval import load_module
-from rsrefseg.io import atomic_open
-
-log = logging.getLogger(__name__)
-
-
-def export_merged(ckpt_path: str | Path, out_path: str | Path, *, force: bool = False) -> Path:
-    """Write ``out_path``: the checkpoint's network with LoRA merged, every weight, and its config.
-
-    Raises:
-        FileExistsError: ``out_path`` exists and ``force`` is False.
-    """
-    out = Path(out_path).expanduser()
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
-    source = Path(ckpt_path).expanduser()
-    module = load_module(source)
-    merged = merge_lora(module.net)
-    payload = {
-        "state_dict": module.state_dict(),
-        "rsrefseg_config": merged_run_config(module.run_config),
-        "rsrefseg_weights": FULL,
-        "rsrefseg_merged_from": str(source),
-    }
-    with atomic_open(out) as handle:
-        torch.save(payload, handle)
-    log.info("merged %d LoRA adapters; wrote %s", merged, out)
-    return out
+from rsrefseg.training.checkpoint_files import export_merged
 
 
 def main(argv: list[str] | None = None) -> None:

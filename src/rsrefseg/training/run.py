@@ -1,18 +1,11 @@
-"""`rsrefseg-train`: fit, select the checkpoint on val, test it once, report and save the metrics.
-
-rsrefseg-train                                   # the synthetic default on CPU
-rsrefseg-train model/clip=tiny trainer=gpu ...   # any composition
-rsrefseg-train -m model.prompter.depths=[1,1,1],[2,2,2]   # a sweep
-"""
+"""One training job (``rsrefseg-train``): fit, select on val, test once, save the metrics."""
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -20,7 +13,6 @@ from rich.console import Console
 from rich.table import Table
 
 from rsrefseg.build import (
-    CONFIG_DIR,
     build_callbacks,
     build_datamodule,
     build_loggers,
@@ -29,9 +21,9 @@ from rsrefseg.build import (
     finish_loggers,
     prepare_process,
 )
-from rsrefseg.evaluate import evaluate_splits
+from rsrefseg.evaluation.passes import evaluate_splits
+from rsrefseg.evaluation.results import plain_lines, print_table, save_results
 from rsrefseg.io import atomic_write_text
-from rsrefseg.results import plain_lines, print_table, save_results
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +130,3 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return payload
     finally:
         finish_loggers(loggers)
-
-
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the selection metric so sweepers can optimise it."""
-    payload = train(cfg)
-    score = payload.get(f"selection/{cfg.select_on}_gIoU")
-    return None if score is None or math.isnan(score) else float(score)
-
-
-if __name__ == "__main__":
-    main()

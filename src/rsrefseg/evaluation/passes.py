@@ -6,9 +6,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from rsrefseg.baselines import BASELINES
 from rsrefseg.data.datamodule import RefSegDataModule
-from rsrefseg.module import RefSegModule
+from rsrefseg.evaluation.baselines import BASELINES
+from rsrefseg.training.module import RefSegModule
 
 
 def evaluate_splits(

@@ -13,13 +13,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from rsrefseg.baselines import BASELINES, update_baselines
-from rsrefseg.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
-from rsrefseg.losses import ReferringLoss
-from rsrefseg.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.baselines import BASELINES, update_baselines
+from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.scoring import Resolution, check_resolution, score_batch
 from rsrefseg.models import RSRefSeg2, parameter_report
 from rsrefseg.models.prompter.base import emits_queries
-from rsrefseg.scoring import Resolution, check_resolution, score_batch
+from rsrefseg.training.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
+from rsrefseg.training.losses import ReferringLoss
 
 # Metric values are summed over ranks inside the Metric before they are logged; Lightning's advice
 # to add sync_dist would average already-global numbers.
@@ -42,7 +42,7 @@ class RefSegModule(pl.LightningModule):
         inclusive_pr: Pr@X counts IoU ≥ X (LAVT / RMSIN) instead of > X (the release).
         threshold: probability above which a pixel is foreground.
         resolution: score at the ``original`` image size (default) or the network's ``input`` size
-            (see :mod:`rsrefseg.scoring`).
+            (see :mod:`rsrefseg.evaluation.scoring`).
         run_config: the resolved run configuration, stored in every checkpoint so evaluation
             can rebuild the exact network.
         checkpoint_weights: ``trainable`` (default) saves the trainable parameters, buffers and

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from rsrefseg.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
 
 #: name → prediction made from a target mask's shape
 BASELINES: Mapping[str, Callable[..., Tensor]] = {

@@ -1,58 +1,25 @@
-"""`rsrefseg-prepare`: check a downloaded dataset file by file and convert it to the unified JSONL.
+"""Checking a dataset file by file: what `rsrefseg-prepare` reports, and the unified JSONL lines.
 
-    rsrefseg-prepare --layout rrsisd --root /data/RRSIS-D --out /data/unified/rrsisd
-    rsrefseg-prepare --layout refsegrs --root /data/RefSegRS --out /data/unified/refsegrs --workers 8
-    rsrefseg-prepare --layout rrsisd --root … --out … data.known_bad_list=strict   # Hydra overrides
-
-``--layout`` is a ``conf/data`` option: its ``reader`` node says how the download is laid out
-(folder names can be overridden like any config value), ``known_bad`` / ``known_bad_list`` which
-files to skip, ``expected_counts`` the published split sizes. The same config then trains on the
-raw layout (``data=<layout>``) or on the written JSONL (``data=jsonl data.root=<out>``).
-
-Checks: samples per split against the expected counts; missing or unreadable images and mask
-files; undecodable segmentations; mask / image and index / image size mismatches; empty masks;
-mask images that are not two-valued; duplicate (image, sentence) pairs; and which known-bad
-samples were skipped. Errors (a sample that cannot be trained or scored as it stands) stop the
-conversion; warnings are reported and the JSONL is written (``--strict`` makes them stop it too).
-
-Writes ``<out>/<split>.jsonl``, ``<out>/images`` (a link to the download's image folder) and
-``<out>/prepare_report.json``, each atomically, and never replaces a different existing file
-without ``--force`` (identical content is left as it is). A report of a failed run may always be
-replaced.
-
-argparse, not Hydra, runs the command line: it is a file converter with required paths and flags,
-and it needs no run folder or logging setup; the data config is composed with Hydra's compose API.
+Every image and mask of a split's records is opened (in worker processes when asked); each
+problem becomes a `Defect` naming the sample and file, and a `PrepareReport` collects them.
+Errors are samples that cannot be trained or scored as they stand; warnings are reported only.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from rsrefseg.data.decode import binarise, decode_segmentation, encode_rle, load_image, read_mask_values
-from rsrefseg.data.records import (
-    SPLITS,
-    CocoSegmentation,
-    MaskFile,
-    ReferringRecord,
-    is_listed,
-    partition_known_bad,
-)
-from rsrefseg.io import atomic_open
+from rsrefseg.data.records import CocoSegmentation, MaskFile, ReferringRecord
 
 REPORT_NAME = "prepare_report.json"
-IMAGE_LINK = "images"
 ERROR_KINDS = (
     "missing_image",
     "unreadable_image",
@@ -64,22 +31,6 @@ ERROR_KINDS = (
 )
 WARNING_KINDS = ("count_mismatch", "empty_mask", "non_binary_mask", "duplicate_pair")
 _EXAMPLES_PRINTED = 10
-
-
-class PrepareError(Exception):
-    """The dataset's index cannot be read, or an output would overwrite a different file."""
-
-
-class OverwriteRefused(PrepareError):
-    """An output would replace a different existing file; carries the report of the checks that ran.
-
-    Attributes:
-        report: What the checks found (nothing was written).
-    """
-
-    def __init__(self, message: str, report: PrepareReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass(frozen=True)
@@ -354,203 +305,6 @@ def _hw(size: Sequence[int]) -> str:
     return f"{size[0]}×{size[1]}"
 
 
-# --------------------------------------------------------------------------------------------------
-# The whole run
-# --------------------------------------------------------------------------------------------------
-
-
-def compose_data_config(layout: str, root: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The ``data`` node of ``conf/data/<layout>.yaml`` with ``root`` set, as training would compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
-
-    from rsrefseg.build import CONFIG_DIR
-
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"data={layout}", *overrides])
-    except MissingConfigException as err:
-        options = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
-        raise PrepareError(
-            f"--layout {layout!r} is not a data config; options in {CONFIG_DIR}/data: {options}"
-        ) from err
-    data = cfg.data
-    for key in ("reader", "root"):
-        if key not in data:
-            raise PrepareError(f"data={layout} has no '{key}' node; it is not an on-disk dataset config")
-    # set after composing: a path may hold characters Hydra's override grammar rejects
-    data.root = str(Path(root).expanduser().resolve())
-    return data
-
-
-def prepare(
-    *,
-    layout: str,
-    root: str | Path,
-    out: str | Path,
-    splits: Sequence[str] = SPLITS,
-    overrides: Sequence[str] = (),
-    force: bool = False,
-    strict: bool = False,
-    workers: int = 0,
-    link_images: bool = True,
-) -> PrepareReport:
-    """Check a dataset and, when it passes, write its unified JSONL.
-
-    Args:
-        layout: A ``conf/data`` option with a ``reader`` node (refsegrs, rrsisd, risbench, jsonl).
-        root: The downloaded dataset's folder (sets ``data.root``).
-        out: Output folder.
-        splits: Splits to check and convert.
-        overrides: Hydra overrides of the composed config (``data.reader.image_dir=…``).
-        force: Replace existing outputs whose content differs.
-        strict: Treat warnings as errors (nothing but the report is written).
-        workers: Processes decoding images and masks (0: this process).
-        link_images: Make ``<out>/images`` a link to the image folder, so that ``data=jsonl
-            data.root=<out>`` finds the images without setting ``data.image_dir``.
-
-    Returns:
-        The report; ``report.ok(strict=strict)`` says whether the JSONL was written.
-
-    Raises:
-        PrepareError: If the index cannot be read, or an output differs from an existing file and
-            ``force`` is False.
-    """
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise PrepareError(f"unknown split(s) {unknown}; expected names among {SPLITS}")
-    data = compose_data_config(layout, root, overrides)
-    reader = _instantiate_reader(data)
-    skip_files = [
-        str(name) for name in OmegaConf.to_container(data.reader, resolve=True).get("skip_files") or []
-    ]
-    expected = OmegaConf.to_container(data, resolve=True).get("expected_counts") or {}
-    out = Path(out).expanduser().resolve()
-    report = PrepareReport(layout=layout, root=str(data.root), out=str(out))
-
-    lines_by_split: dict[str, list[dict[str, Any]]] = {}
-    image_roots: set[Path] = set()
-    categories: set[str] = set()
-    found_bad: set[str] = set()
-    for split in splits:
-        try:
-            listed = reader(split=split, skip_files=())
-        except (FileNotFoundError, KeyError, ValueError) as err:
-            raise PrepareError(f"cannot read the {split} index of {layout} under {data.root}: {err}") from err
-        kept, skipped = partition_known_bad(listed, skip_files)
-        found_bad.update(name for name in skip_files if any(is_listed(r, frozenset([name])) for r in skipped))
-        expected_count = expected.get(split)
-        report.splits[split] = {
-            "listed": len(listed),
-            "skipped_known_bad": len(skipped),
-            "kept": len(kept),
-            "expected": expected_count,
-        }
-        report.skipped_known_bad[split] = sorted({Path(r.file_name).name for r in skipped})
-        if expected_count is not None and len(listed) != expected_count:
-            report.defects.append(
-                Defect(
-                    "count_mismatch",
-                    split,
-                    f"the {split} index lists {len(listed)} samples; {expected_count} expected "
-                    f"(data.expected_counts.{split})",
-                )
-            )
-        defects, lines = inspect_split(kept, split=split, workers=workers)
-        report.defects.extend(defects)
-        lines_by_split[split] = lines
-        image_roots.update(r.image_root for r in kept)
-        categories.update(r.category for r in kept if r.category is not None)
-    report.known_bad_not_found = sorted(set(skip_files) - found_bad)
-    report.categories = sorted(categories)
-    if len(image_roots) > 1:
-        raise PrepareError(
-            f"records point at several image folders {sorted(map(str, image_roots))}; expected one"
-        )
-    report.image_dir = str(next(iter(image_roots))) if image_roots else None
-
-    ok = report.ok(strict=strict)
-    outputs: dict[Path, bytes] = {}
-    if ok:
-        for split, lines in lines_by_split.items():
-            outputs[out / f"{split}.jsonl"] = "".join(json.dumps(line) + "\n" for line in lines).encode(
-                "utf-8"
-            )
-    report_path = out / REPORT_NAME
-    outputs[report_path] = (
-        json.dumps(report.as_dict(strict=strict), indent=2, ensure_ascii=False) + "\n"
-    ).encode()
-    link = out / IMAGE_LINK if link_images and ok and report.image_dir else None
-    clashes = _clashes(outputs, link, report.image_dir, report_path=report_path, force=force)
-    if clashes:
-        raise OverwriteRefused(
-            "refusing to replace existing output(s) that differ (use --force): " + "; ".join(clashes), report
-        )
-    for path, payload in outputs.items():
-        if not (path.is_file() and path.read_bytes() == payload):  # identical files are left untouched
-            with atomic_open(path) as handle:
-                handle.write(payload)
-        report.written.append(str(path))
-    if link is not None:
-        _link(link, Path(report.image_dir))  # type: ignore[arg-type]
-        report.written.append(str(link))
-    return report
-
-
-def _instantiate_reader(data: DictConfig) -> Callable[..., list[ReferringRecord]]:
-    from hydra.utils import instantiate
-
-    reader = instantiate(OmegaConf.to_container(data.reader, resolve=True))
-    if not callable(reader):
-        raise PrepareError(f"data.reader instantiated to {reader!r}; expected a reader (set _partial_: true)")
-    return reader
-
-
-def _clashes(
-    outputs: Mapping[Path, bytes], link: Path | None, image_dir: str | None, *, report_path: Path, force: bool
-) -> list[str]:
-    """The outputs that would replace something different, checked before anything is written."""
-    clashes = []
-    if link is not None and (link.exists() or link.is_symlink()):
-        if not link.is_symlink():
-            # a real folder is never replaced, not even with --force: it may hold the only copy of data
-            clashes.append(f"{link} is a real folder or file, not a link; move it away")
-        elif not force and Path(os.readlink(link)) != Path(image_dir or ""):
-            clashes.append(f"{link} links to {os.readlink(link)}, not to {image_dir}")
-    if force:
-        return clashes
-    for path, payload in outputs.items():
-        if not path.exists() or (path.is_file() and path.read_bytes() == payload):
-            continue
-        if path == report_path and path.is_file() and not _report_was_ok(path):
-            continue  # a failed run's report describes nothing on disk: replace it freely
-        clashes.append(f"{path} differs")
-    return clashes
-
-
-def _report_was_ok(path: Path) -> bool:
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("ok"))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
-
-
-def _link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
-    if link.is_symlink() and Path(os.readlink(link)) == target:
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp-link")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target, target_is_directory=True)
-    os.replace(tmp, link)
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
 def format_report(report: PrepareReport, *, strict: bool = False) -> str:
     """The report as plain text: a table per split, then each kind of defect with examples."""
     rows = [f"rsrefseg-prepare: {report.layout} at {report.root}"]
@@ -594,54 +348,3 @@ def format_report(report: PrepareReport, *, strict: bool = False) -> str:
         reason = "errors" if report.errors else "warnings (--strict)"
         rows.append(f"FAILED ({reason}): no JSONL written; full report in {Path(report.out) / REPORT_NAME}")
     return "\n".join(rows)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rsrefseg-prepare",
-        description="Check a downloaded referring-segmentation dataset and convert it to the unified JSONL.",
-    )
-    parser.add_argument(
-        "--layout", required=True, help="a conf/data option: refsegrs, rrsisd, risbench, jsonl"
-    )
-    parser.add_argument("--root", required=True, type=Path, help="the downloaded dataset folder")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="output folder for <split>.jsonl and the report"
-    )
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to convert")
-    parser.add_argument("--force", action="store_true", help="replace existing outputs that differ")
-    parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    parser.add_argument("--workers", type=int, default=0, help="decoding processes (0: none)")
-    parser.add_argument("--no-link-images", action="store_true", help="do not create <out>/images")
-    parser.add_argument(
-        "overrides", nargs="*", help="Hydra overrides of the data config, e.g. data.known_bad_list=strict"
-    )
-    return parser
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    """Console entry point; returns 0 (written), 1 (checks failed) or 2 (cannot read / would overwrite)."""
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    try:
-        report = prepare(
-            layout=args.layout,
-            root=args.root,
-            out=args.out,
-            splits=args.splits,
-            overrides=args.overrides,
-            force=args.force,
-            strict=args.strict,
-            workers=args.workers,
-            link_images=not args.no_link_images,
-        )
-    except PrepareError as err:
-        if isinstance(err, OverwriteRefused):
-            print(format_report(err.report, strict=args.strict))
-        print(f"rsrefseg-prepare: error: {err}", file=sys.stderr)
-        return 2
-    print(format_report(report, strict=args.strict))
-    return 0 if report.ok(strict=args.strict) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
