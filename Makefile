@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 # torch / torchvision as a pair that imports together (a mismatched torchvision breaks open_clip and Lightning)
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 SAM2   ?= sam2==1.1.0
-export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install train test test-slow lint
 
@@ -25,7 +24,7 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/rsrefseg-train $(ARGS)
 
-## the test suite without the long runs (under ~5 minutes on 2 cores)
+## the test suite without the long runs (~3.5 minutes on 2 cores)
 test: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" $(ARGS)
 

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from rsrefseg.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR
 
 torch.set_flush_denormal(True)
 
@@ -37,6 +37,29 @@ def compose_config(
     overrides = [f"paths.output_dir={tempfile.mkdtemp(prefix='rsrefseg-')}", *(overrides or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name=name, overrides=overrides, return_hydra_config=hydra_node)
+
+
+#: groups whose options are selected as `<group>=<option>` on the command line
+CONFIG_GROUPS = [
+    "data",
+    "model",
+    "model/clip",
+    "model/prompter",
+    "model/sam",
+    "model/clip/scale",
+    "loss",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "debug",
+    "experiment",
+]
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (its YAML files; bases in sub-folders are not options)."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
 
 
 def build_tiny_net(overrides: list[str] | None = None, seed: int = 0):

@@ -1,7 +1,7 @@
 """Tiny copies of each dataset layout as downloaded, written by the tests into a temporary folder.
 
 Each ``make_<layout>(root)`` writes a few 32–64 px images (some not square) with masks drawn by
-numpy and encoded with PIL / pycocotools exactly as the real layout stores them (DATA.md), and
+numpy and encoded with PIL / pycocotools exactly as the real layout stores them (docs/data.md §2–§4), and
 returns the ground truth it wrote, so tests can check what a reader yields against it.
 ``write_release_jsonl`` writes the authors' ``datainfo/<dataset>_<split>.jsonl`` the way their
 converters do. The defect helpers break one file in a known way for ``rsrefseg-prepare`` tests.
@@ -305,3 +305,28 @@ def truncate(path: Path) -> None:
 def write_mask(path: Path, values: np.ndarray) -> None:
     """Replace a mask image by ``values`` (uint8, any shape)."""
     Image.fromarray(values.astype(np.uint8)).save(path)
+
+
+def make_release_size_quirk(
+    fixture: LayoutFixture, file_name: str, *, height: int = 787, width: int = 800
+) -> np.ndarray:
+    """Turn one RRSIS-D fixture sample into the release's quirk: a ``height``×``width`` JPEG whose
+    ``instances.json`` size and RLE say 800×800 (RMSIN issues #12, #27: 01072.jpg is 800 wide and
+    787 tall, 00131.jpg 802 tall; a user also reports 801-wide ones).
+
+    The JPEG is one flat colour (about 10 KB). Returns the 800×800 mask the annotation holds.
+    """
+    root = fixture.root
+    Image.new("RGB", (width, height), (90, 120, 60)).save(
+        root / "images" / "rrsisd" / "JPEGImages" / file_name
+    )
+    mask = np.zeros((800, 800), dtype=bool)
+    mask[100:700, 200:600] = True
+    path = root / "rrsisd" / "instances.json"
+    instances = json.loads(path.read_text())
+    (image,) = [img for img in instances["images"] if img["file_name"] == file_name]
+    image["height"], image["width"] = 800, 800
+    (ann,) = [ann for ann in instances["annotations"] if ann["image_id"] == image["id"]]
+    ann["segmentation"] = [_rle(mask)]
+    path.write_text(json.dumps(instances))
+    return mask

@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from rsrefseg.build import build_module
-from rsrefseg.training.checkpoint_files import export_merged, load_module
+from rsrefseg.config.build import build_module
+from rsrefseg.training.checkpoint_files import export_merged, load_module, read_checkpoint
 from rsrefseg.training.checkpointing import FULL, TRAINABLE, saved_keys, select_state
 
 SENTENCES = ["the red car left of the building", "a ship", "the large gray building", "the tree"]
@@ -166,3 +166,29 @@ def test_selected_state_is_a_subset_in_module_order(tmp_path):
     full = module.state_dict()
     state = select_state(module, full)
     assert list(state) == [k for k in full if k in state]
+
+
+def _truncated(path: Path) -> None:
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "rsrefseg_config": {"model": {}}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "expected"),
+    [
+        ("empty.ckpt", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        ("noise.ckpt", lambda p: p.write_bytes(b"not a checkpoint at all\n"), r"cannot read checkpoint"),
+        ("truncated.ckpt", _truncated, r"cannot read checkpoint.*truncated"),
+        ("sam.pth", lambda p: torch.save({"image_encoder.pos_embed": torch.zeros(1)}, p), r"image_encoder"),
+        ("tensor.pt", lambda p: torch.save(torch.zeros(2), p), r"holds a Tensor"),
+        ("other.ckpt", lambda p: torch.save({"state_dict": {}, "epoch": 3}, p), r"'state_dict', 'epoch'"),
+    ],
+)
+def test_a_file_that_is_not_our_checkpoint_is_named(tmp_path, name, write, expected):
+    """Empty, corrupt and foreign files: one plain error naming the file and what was expected."""
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ValueError, match=expected) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and "rsrefseg_config" in message and "\n" not in message

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from rsrefseg.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR
 from rsrefseg.models import ClipEncoder, LoraSettings, build_open_clip_model, build_tokenizer
 from rsrefseg.models.checkpoints import pretrained_prefixes
 from rsrefseg.models.clip_encoder import sentence_lengths
@@ -119,7 +119,7 @@ def test_real_size_clip_builds_on_meta_like_open_clip(option, tokenizer_folder):
     assert next(clip.model.parameters()).device.type == "meta"
     assert clip.pads_to_context == (option in SIGLIP_STYLE)
 
-    # the configured LoRA patterns reach every attention block of both towers (METHOD.md §4)
+    # the configured LoRA patterns reach every attention block of both towers (docs/method.md §6)
     names = [n for n, _ in clip.model.named_modules()]
     hits = [n for n in names if any(re.fullmatch(t, n) for t in cfg.lora_targets)]
     vision_blocks = {n.split(".attn")[0] for n in names if n.startswith("visual.") and n.endswith(".attn")}
@@ -155,7 +155,7 @@ def test_tiny_siglip_tokens_padding_and_pooling(siglip_clip):
 
 @pytest.mark.parametrize("option", ["tiny", "tiny_siglip"])
 def test_sentence_embedding_is_independent_of_the_batch(option, request):
-    """METHOD.md §6 flaw 1: a sentence reads the same alone or next to longer ones."""
+    """docs/deviations.md §1: a sentence reads the same alone or next to longer ones."""
     clip = request.getfixturevalue("siglip_clip") if option == "tiny_siglip" else build_clip(option).eval()
     with torch.no_grad():
         alone = clip.encode_text(["the ship"])
@@ -402,3 +402,39 @@ def test_tiny_siglip_network_gives_every_trainable_parameter_a_gradient():
     terms["loss"].backward()
     missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_clip_resize_antialias_switch(antialias):
+    """Ours antialiases the downsampling to CLIP's input; model.clip.antialias=false is the release's."""
+    clip = build_clip("tiny", f"model.clip.antialias={str(antialias).lower()}").eval()
+    images = torch.rand(2, 3, 256, 256)
+    resized = torch.nn.functional.interpolate(
+        images, size=(64, 64), mode="bilinear", align_corners=False, antialias=antialias
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(clip.encode_image(images), clip.encode_image(resized))
+    assert clip_config("tiny").antialias is True
+
+
+def test_release_text_padding_follows_the_batch_only_with_both_switches():
+    """model.clip.pad_to_longest + model.prompter.text_padding_mask=false reproduce the release: a
+    SigLIP-style sample's logits depend on the longest sentence of its batch; ours do not."""
+    from conftest import build_tiny_net
+
+    long = "the small red car left of the large white building next to the tank"
+    images = torch.rand(2, 3, 64, 64)
+    deltas = {}
+    for switches in (
+        (),
+        ("model.clip.pad_to_longest=true",),
+        ("model.clip.pad_to_longest=true", "model.prompter.text_padding_mask=false"),
+    ):
+        net = build_tiny_net(["model/clip=tiny_siglip", *switches]).eval()
+        with torch.no_grad():
+            alone = net(images[:1], ["the ship"]).logits
+            batched = net(images, ["the ship", long]).logits[:1]
+        deltas[len(switches)] = (batched - alone).abs().max().item()
+    assert deltas[0] < 1e-4, deltas
+    # the tower alone already reads the pads (bidirectional, pooling the last position)
+    assert deltas[1] > 1e-3 and deltas[2] > 1e-3, deltas

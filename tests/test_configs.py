@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import compose_config
-from rsrefseg.build import CONFIG_DIR, build_datamodule
-
-CONF = Path(CONFIG_DIR)
-# groups whose options are selected as `<group>=<option>` on the command line
-GROUPS = [
-    "data",
-    "model",
-    "model/clip",
-    "model/prompter",
-    "model/sam",
-    "loss",
-    "trainer",
-    "logger",
-    "callbacks",
-    "paths",
-    "debug",
-    "experiment",
-]
+from conftest import CONFIG_GROUPS, compose_config, group_options
+from rsrefseg.config.build import build_datamodule
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in CONFIG_GROUPS for o in group_options(g)])
 def test_every_option_composes(group, option):
     cfg = compose_config("train", [f"{group}={option}"])
     # resolving catches broken interpolations (everything but Hydra's runtime paths)
@@ -48,8 +29,8 @@ def test_eval_config_composes():
 
 
 def test_group_folders_exist():
-    for group in [*GROUPS, "hydra"]:
-        assert options(group), f"conf/{group}/ has no options"
+    for group in [*CONFIG_GROUPS, "hydra"]:
+        assert group_options(group), f"conf/{group}/ has no options"
 
 
 def test_tiny_default_instantiates_with_dimensions_flowing():
@@ -65,6 +46,53 @@ def test_tiny_default_instantiates_with_dimensions_flowing():
 
 
 def test_trainer_options_are_lightning_trainers():
-    for option in options("trainer"):
+    for option in group_options("trainer"):
         cfg = compose_config("train", [f"trainer={option}"])
         assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+
+
+#: resolved model nodes as composed before the config families inherited a base (commit 51e569c)
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "composed_model_nodes.json").read_text())
+#: switches added since, at their defaults (today's behaviour)
+NEW_SWITCHES = {
+    "model.clip": {"pad_to_longest": False, "antialias": True},
+    "model.sam": {"train_no_mem_embed": False},
+    "model": {"lora": {"split_qkv": False}, "require_pretrained": False},
+}
+#: what the paper recipes set since, to follow the release; their *_tiny versions inherit it (in
+#: `full` mode these change nothing: no adapters are added, nothing pretrained is required)
+RECIPE_RELEASE_SWITCHES = {
+    "model": {"lora": {"split_qkv": True}, "require_pretrained": True},
+    "recipe": {"train_no_mem_embed": True},
+}
+
+
+def _with_new_switches(key: str, node: dict, *, recipe: bool = False) -> dict:
+    node = copy.deepcopy(node)
+    if key == "recipe" and recipe:
+        node.update(RECIPE_RELEASE_SWITCHES["recipe"])
+    if key == "model":
+        switches = RECIPE_RELEASE_SWITCHES["model"] if recipe else NEW_SWITCHES["model"]
+        node["clip"].update(NEW_SWITCHES["model.clip"])
+        node["lora"].update(switches["lora"])
+        node["require_pretrained"] = switches["require_pretrained"]
+        key, node_sam = "model.sam", node["sam"]
+    else:
+        node_sam = node
+    if key == "model.clip":
+        node.update(NEW_SWITCHES["model.clip"])
+    elif key == "model.sam" and node_sam["_target_"].endswith("Sam2Backbone"):
+        node_sam.update(NEW_SWITCHES["model.sam"])
+    return node
+
+
+@pytest.mark.parametrize("selection", sorted(GOLDEN))
+def test_inherited_configs_compose_as_before(selection):
+    """hiera_* / vit_* / CLIP options inherit a base, the *_tiny experiments base/tiny: every value a
+    user composed before is unchanged (only the new switches are added, at today's behaviour)."""
+    cfg = compose_config("train", [selection])
+    for key, expected in GOLDEN[selection].items():
+        node = OmegaConf.select(cfg, key)
+        got = None if node is None else OmegaConf.to_container(node, resolve=True)
+        recipe = selection.endswith("_tiny")
+        assert got == (None if expected is None else _with_new_switches(key, expected, recipe=recipe)), key

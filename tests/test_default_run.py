@@ -28,6 +28,8 @@ def test_default_run_learns_to_read_the_sentence(tmp_path):
     test, shuffled = metrics["test"], metrics["test_shuffled"]
     print(f"default run: {minutes:.1f} min, test gIoU {test['gIoU']:.2f}, shuffled {shuffled['gIoU']:.2f}")
     assert f"test/gIoU {test['gIoU']:.4f}" in result.stdout
+    assert json.loads((metrics_file.parent / "status.json").read_text())["status"] == "completed"
+    assert "\r" not in result.stdout  # progress as plain lines when stdout is not a terminal
     # floors well below the measured figures (README), so seed / machine noise does not flake
     assert test["gIoU"] >= 30.0
     assert shuffled["gIoU"] <= 0.6 * test["gIoU"]

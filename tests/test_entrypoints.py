@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_config
-from rsrefseg.build import build_datamodule
+from rsrefseg.config.build import build_datamodule
 
 BIN = Path(sys.executable).parent
 SMALL = ["data.sizes.val=8", "data.sizes.test=8", "data.batch_size=4", "data.eval_batch_size=4"]
@@ -37,9 +37,15 @@ def run(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -
 def test_fast_dev_run(tmp_path):
     result = run("rsrefseg-train", "debug=fdr", "logger=none", cwd=tmp_path)
     assert "test/gIoU " in result.stdout
-    (metrics,) = tmp_path.glob("logs/train/runs/*/metrics.json")
-    payload = json.loads(metrics.read_text())
+    (run_dir,) = tmp_path.glob("logs/train/runs/*")
+    payload = json.loads((run_dir / "metrics.json").read_text())
     assert set(payload["metrics"]) == {"test", "test_shuffled", "all_background", "whole_image"}
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert not list(run_dir.rglob("*.ckpt"))  # a smoke test saves no weights
+    # output a user cannot act on: Lightning's tips, a deprecation inside Lightning, redrawn bars
+    output = result.stdout + result.stderr
+    for noise in ("💡", "LeafSpec", "does not have many workers", "\r"):
+        assert noise not in output, noise
 
 
 def test_fit_select_test_then_eval_reproduces_the_selection(tmp_path):
@@ -60,11 +66,17 @@ def test_fit_select_test_then_eval_reproduces_the_selection(tmp_path):
     for key in ["gIoU", "cIoU", "Pr@0.5", "Pr@0.9", "gIoU/relation", "num_samples"]:
         assert key in test
     assert payload["metrics"]["all_background"]["gIoU"] == 0.0
+    assert payload["scored_on"]["dataset"] == "synthetic" and payload["scored_on"]["split"] == "test"
 
-    run("rsrefseg-eval", *SMALL, f"ckpt_path={best}", "split=val", cwd=tmp_path)
+    # no data=…: the checkpoint's own data config (its 8 val samples), recorded as such
+    run("rsrefseg-eval", f"ckpt_path={best}", "split=val", cwd=tmp_path)
     (val,) = tmp_path.glob("logs/eval/runs/*/metrics_val.json")
-    evaluated = json.loads(val.read_text())["metrics"]["val"]["gIoU"]
-    assert evaluated == pytest.approx(payload["selection/val_gIoU"], abs=1e-4)
+    evaluated = json.loads(val.read_text())
+    assert evaluated["metrics"]["val"]["gIoU"] == pytest.approx(payload["selection/val_gIoU"], abs=1e-4)
+    assert evaluated["metrics"]["val"]["num_samples"] == 8
+    assert evaluated["scored_on"] == {**payload["scored_on"], "split": "val", "data_config": "checkpoint"}
+    status = json.loads((val.parent / "status.json").read_text())
+    assert (status["status"], status["split"], status["checkpoint"]) == ("completed", "val", str(best))
 
 
 def test_eval_names_a_missing_checkpoint(tmp_path):

@@ -220,3 +220,23 @@ def test_two_process_gloo_gathered_loss_equals_single_process(tmp_path: Path) ->
     assert (4 * ranks[0]["uneven"] + 2 * ranks[1]["uneven"]) / 6 == pytest.approx(single, abs=1e-5)
     assert ranks[0]["even"] != pytest.approx(ranks[1]["even"])
     assert all(r["even_grad"] > 0 and r["uneven_grad"] > 0 for r in ranks)
+
+
+def test_contrastive_ground_truth_resize_follows_the_align_corners_switch() -> None:
+    """align_corners=False (ours) samples each grid cell at its centre; True (the release) at
+    i·(H−1)/(g−1), so the last column of cells reads the image's border pixels."""
+    masks = torch.zeros(1, 1, 16, 16)
+    masks[0, 0, :, 15] = 1  # a one-pixel column on the right border
+    centred, _ = _pooling_weights(masks, GRID)
+    release, _ = _pooling_weights(masks, GRID, align_corners=True)
+    last_column = [GRID * row + GRID - 1 for row in range(GRID)]
+    assert release[0].nonzero().flatten().tolist() == last_column
+    # cell centres (pixels 13.5 of each 4-pixel cell, sampled at 13 and 14) miss it: the area fallback
+    assert centred[0].nonzero().flatten().tolist() == [GRID - 1]
+    # the loss pools what its weights select
+    gen = torch.Generator().manual_seed(0)
+    tokens, q2 = torch.randn(2, GRID**2, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    batch = torch.cat([masks, masks.flip(-1)])
+    ours = ContrastiveLoss(vision_dim=8, text_dim=8)(tokens, GRID, batch, q2)
+    faithful = ContrastiveLoss(vision_dim=8, text_dim=8, align_corners=True)(tokens, GRID, batch, q2)
+    assert not torch.allclose(ours, faithful)

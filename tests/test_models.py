@@ -135,3 +135,45 @@ def test_sam_checkpoint_round_trip_and_strict_errors(tmp_path):
         build_sam_vit(**other, checkpoint=str(path))
     with pytest.raises(FileNotFoundError, match=r"nowhere\.pth"):
         build_sam_vit(**args, checkpoint=str(tmp_path / "nowhere.pth"))
+
+
+def test_every_prompter_declares_the_prompter_protocol():
+    """RSRefSeg2 and the training module read these declarations; nothing probes for attributes."""
+    from rsrefseg.models import ActivationV1Prompter, CascadedPrompter, Prompter
+
+    dims = dict(vision_dim=16, text_dim=16, embed_dim=16, grid_size=4, prompt_dim=8, mask_size=16)
+    small = dict(internal_dim=16, num_heads=2, mlp_dim=16)
+    cascaded = CascadedPrompter(**dims, **small)
+    no_dense = CascadedPrompter(**dims, **small, use_dense=False)
+    v1 = ActivationV1Prompter(**dims, sparse_grid=2)
+    for prompter in (cascaded, no_dense, v1):
+        assert isinstance(prompter, Prompter)
+    assert (cascaded.emits_queries, cascaded.uses_sentence, cascaded.dense_head is not None) == (
+        True,
+        True,
+        True,
+    )
+    assert (no_dense.emits_queries, no_dense.uses_sentence, no_dense.dense_head) == (True, False, None)
+    assert (v1.emits_queries, v1.uses_sentence, v1.dense_head is not None) == (False, True, True)
+
+
+def test_a_prompter_without_the_declarations_is_refused_by_name(tiny_net):
+    from rsrefseg.models import RSRefSeg2
+
+    class Bare(torch.nn.Module):
+        dense_head = None
+
+    with pytest.raises(TypeError, match=r"Bare is not a Prompter.*\['emits_queries', 'uses_sentence'\]"):
+        RSRefSeg2(clip=tiny_net.clip, prompter=Bare(), sam=tiny_net.sam)
+
+
+def test_configure_finetuning_takes_the_backbones(tiny_net):
+    from rsrefseg.models import configure_finetuning
+
+    prompter_state = [p.requires_grad for p in tiny_net.prompter.parameters()]
+    configure_finetuning({"clip": tiny_net.clip, "sam": tiny_net.sam}, "frozen")
+    assert not any(p.requires_grad for p in tiny_net.sam.image_encoder.parameters())
+    assert tiny_net.clip.model.logit_scale.requires_grad
+    assert [p.requires_grad for p in tiny_net.prompter.parameters()] == prompter_state
+    configure_finetuning({"clip": tiny_net.clip, "sam": tiny_net.sam}, "full")
+    assert all(p.requires_grad for p in tiny_net.sam.image_encoder.parameters())

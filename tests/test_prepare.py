@@ -12,7 +12,8 @@ from PIL import Image
 
 import fixtures_layouts as layouts
 from conftest import compose_config
-from rsrefseg.cli.prepare import OverwriteRefused, main, prepare
+from rsrefseg.cli.prepare import main
+from rsrefseg.data.conversion import OverwriteRefused, prepare
 from rsrefseg.data.inspection import ERROR_KINDS, format_report
 from rsrefseg.data.readers import read_jsonl
 
@@ -49,7 +50,13 @@ def test_a_clean_layout_converts_and_reads_back(refsegrs, tmp_path):
     out = tmp_path / "unified"
     report = prepare(layout="refsegrs", root=refsegrs.root, out=out, overrides=REFSEGRS_COUNTS)
     assert report.ok(strict=True) and report.defects == []
-    assert report.splits["val"] == {"listed": 4, "skipped_known_bad": 0, "kept": 4, "expected": 4}
+    assert report.splits["val"] == {
+        "listed": 4,
+        "skipped_known_bad": 0,
+        "skipped_size_mismatch": 0,
+        "kept": 4,
+        "expected": 4,
+    }
     assert (out / "images").resolve() == (refsegrs.root / "images").resolve()
     saved = json.loads((out / "prepare_report.json").read_text())
     assert saved["ok"] is True and saved["image_dir"] == str(refsegrs.root.resolve() / "images")
@@ -223,7 +230,13 @@ def test_warnings_alone_still_write_the_jsonl_unless_strict(refsegrs, tmp_path):
 
 def test_known_bad_skips_are_counted_and_named(rrsisd, tmp_path):
     report = prepare(layout="rrsisd", root=rrsisd.root, out=tmp_path / "release")
-    assert report.splits["train"] == {"listed": 5, "skipped_known_bad": 1, "kept": 4, "expected": 12181}
+    assert report.splits["train"] == {
+        "listed": 5,
+        "skipped_known_bad": 1,
+        "skipped_size_mismatch": 0,
+        "kept": 4,
+        "expected": 12181,
+    }
     assert report.skipped_known_bad == {"train": ["00413.jpg"], "val": [], "test": []}
     assert report.known_bad_not_found == ["20203.jpg", "22187.jpg"]
     train = read_jsonl(root=tmp_path / "release", split="train")
@@ -292,3 +305,23 @@ def test_command_line_exit_codes_and_report(refsegrs, tmp_path, capsys):
     assert main([*args, *REFSEGRS_COUNTS, "--splits", "val"]) == 2  # would replace a different val.jsonl
     captured = capsys.readouterr()
     assert "val.jsonl differs" in captured.err and "val " in captured.out  # the report is still printed
+
+
+def test_overrides_after_splits_are_kept(refsegrs, tmp_path, capsys):
+    """``--splits val test key=value``: argparse's nargs="+" used to swallow (and reject) the override."""
+    args = ["--layout", "refsegrs", "--root", str(refsegrs.root), "--out", str(tmp_path / "out")]
+    assert main([*args, "--splits", "val", "test", *REFSEGRS_COUNTS[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\nval +4 +0 +4 +4 +ok\n", printed) and re.search(r"\ntest +4 +0 +4 +4 +ok\n", printed)
+    assert not re.search(r"\ntrain +\d", printed)  # only the splits asked for
+    with pytest.raises(SystemExit):
+        main([*args, "--splits", "val", "dev"])
+    assert "--splits: ['dev']; expected names among ['train', 'val', 'test']" in capsys.readouterr().err
+
+
+def test_a_missing_root_is_named_with_the_prepare_option(tmp_path, capsys):
+    missing = tmp_path / "RRSIS-D"
+    assert main(["--layout", "rrsisd", "--root", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"RRSIS-D root folder not found: {missing}" in err
+    assert "pass the downloaded dataset's folder as --root" in err and "data.root" not in err

@@ -102,7 +102,7 @@ def test_contracts_fail_at_construction():
 
 
 def test_dense_head_equals_cosine_of_upsampled_features():
-    """The head's shortcut (dot product before upsampling) is the METHOD.md formula exactly."""
+    """The head's shortcut (dot product before upsampling) is the formula of docs/method.md §2.7 exactly."""
     from rsrefseg.models.prompter.heads import DensePromptHead
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The prompter ablations (METHOD.md §2): every `model/prompter` option composes, builds on the tiny
+"""The prompter ablations (docs/method.md §3): every `model/prompter` option composes, builds on the tiny
 backbones, trains (every trainable weight reached), keeps samples independent and runs the entry point."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from rsrefseg.build import CONFIG_DIR, build_module
+from rsrefseg.config.build import CONFIG_DIR, build_module
 from rsrefseg.models import ActivationV1Prompter, CascadedPrompter
 
 # option → (sparse tokens on the tiny backbones or None, dense prompt, q1, q2)
@@ -231,12 +231,27 @@ def test_activation_v1_contract_fails_at_construction():
         ActivationV1Prompter(**SMALL, sparse_grid=5)
 
 
-def test_prompter_sizes_follow_the_experiment_and_default_to_the_paper():
+def test_prompter_sizes_and_finetuning_follow_the_clip_backbone():
+    """The CLIP config selects its scale (model/clip/scale): tiny backbones get the CPU prompter and full
+    fine-tuning, real-size ones the paper's widths and LoRA — with or without an experiment."""
     tiny = variant_config("activation_v1").model.prompter
     assert tiny.sparse_grid == 4 and "internal_dim" not in tiny
     assert variant_config("first_order").model.prompter.internal_dim == 128
-    paper = compose_config("train", ["~experiment", "model/prompter=first_order"]).model.prompter
-    assert (paper.internal_dim, paper.num_heads, paper.mlp_dim) == (512, 8, 512)
+    assert variant_config("first_order").model.finetune == "full"
+    # the default experiment is sized for the tiny backbones; paper-size ones bring their own sizes
+    paper = compose_config("train", ["model/clip=siglip2_so400m_512", "model/sam=hiera_l"]).model
+    assert (paper.prompter.internal_dim, paper.prompter.num_heads, paper.prompter.mlp_dim) == (512, 8, 512)
+    assert paper.finetune == "lora"
+    v1 = compose_config("train", ["model/clip=vit_b16", "model/prompter=activation_v1"]).model.prompter
+    assert v1.sparse_grid == 7
+    # a CPU smoke recipe keeps full fine-tuning and the tiny sizes; the paper recipe the paper's
+    assert compose_config("train", ["experiment=rrsisd_tiny"]).model.prompter.internal_dim == 128
+    recipe = compose_config("train", ["experiment=rrsisd", "model.sam.sam.checkpoint=/w/sam.pt"]).model
+    assert (recipe.prompter.internal_dim, recipe.finetune) == (512, "lora")
+    # every size stays a command-line key, and so does the scale
+    assert compose_config("train", ["prompter_size.internal_dim=64"]).model.prompter.internal_dim == 64
+    chosen = compose_config("train", ["model/clip/scale=paper"]).model
+    assert (chosen.prompter.internal_dim, chosen.finetune) == (512, "lora")
 
 
 # --- the console script, one Hydra multirun over the ablations (cascaded: test_entrypoints) --------

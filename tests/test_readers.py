@@ -16,9 +16,10 @@ import torch
 
 import fixtures_layouts as layouts
 from conftest import compose_config
-from rsrefseg.build import build_datamodule
-from rsrefseg.cli.prepare import prepare
+from rsrefseg.config.build import build_datamodule
+from rsrefseg.data.conversion import prepare
 from rsrefseg.data.decode import NonBinaryMaskWarning, decode_mask, decode_segmentation, load_image
+from rsrefseg.data.file_check import DataFilesError
 from rsrefseg.data.readers import read_jsonl, read_refsegrs, read_risbench, read_rrsisd
 from rsrefseg.data.records import CocoSegmentation, MaskFile
 from rsrefseg.data.referring_dataset import ReferringDataset, referring_split
@@ -118,7 +119,7 @@ def test_known_bad_files_are_skipped_deterministically(data_dir, caplog):
     with caplog.at_level(logging.INFO, logger="rsrefseg.data.records"):
         kept = read_rrsisd(root=root, split="train", skip_files=["00413.jpg", "99999.jpg"])
     assert kept == everything[1:]  # the others keep their ids (positions count before skipping)
-    assert "skipped 1 known-bad sample(s)" in caplog.text and "00413.jpg" in caplog.text
+    assert "skipped 1 listed sample(s)" in caplog.text and "00413.jpg" in caplog.text
     # RISBench lists names without extension: stems match too
     risbench = read_risbench(root=data_dir / "RISBench", split="train", skip_files=["train_100_1"])
     assert "train_100_1.png" not in {r.file_name for r in risbench} and len(risbench) == 4
@@ -147,7 +148,7 @@ def test_raw_layout_and_its_prepared_jsonl_give_identical_samples(data_dir, tmp_
         assert [r.sample_id for r in converted] == [r.sample_id for r in raw]
         for a, b in zip(raw, converted, strict=True):
             # mask source (file vs RLE) and stated size (phrase files state none) may differ in form
-            same = ("mask", "original_size", "image_root")
+            same = ("mask", "original_size", "image_root", "source")
             assert {k: v for k, v in dataclasses.asdict(a).items() if k not in same} == {
                 k: v for k, v in dataclasses.asdict(b).items() if k not in same
             }
@@ -250,11 +251,13 @@ def test_a_wrong_root_names_the_path_and_what_is_there(tmp_path):
     layouts.make_refsegrs(tmp_path / "RefSegRS")
     with pytest.raises(FileNotFoundError, match=r"phrase file not found: .*output_phrase_train\.txt"):
         read_refsegrs(root=tmp_path / "RefSegRS", split="train", phrase_file="phrases_{split}.txt")
-    # readers only parse the index; building the split spot-checks the first sample's files
+    # readers only parse the index; building the split checks every file's header, naming each bad one
     reader = functools.partial(read_refsegrs, root=tmp_path / "RefSegRS", image_suffix=".png")
     with pytest.raises(
-        FileNotFoundError,
-        match=r"RefSegRS val image of the first sample val-00000-10003 not found: .*10003\.png.*: 10000\.tif",
+        DataFilesError,
+        match=r"(?s)RefSegRS val: 2 bad file\(s\).* in 4 of 4 samples.*"
+        r"missing image .*10003\.png \(sample val-00000-10003, val-00001-10003\)\n"
+        r"  missing image .*10004\.png .*images holds: 10000\.tif",
     ):
         referring_split(reader=reader, split="val", transform=ResizePad(size=64), name="RefSegRS")
     with pytest.raises(FileNotFoundError, match=r"RRSIS-D refs pickle not found: .*refs\(unc\)\.p"):
@@ -273,7 +276,9 @@ def test_malformed_jsonl_lines_are_named(tmp_path):
         "\n"
         + json.dumps({**good, "split": "test"})
         + "\n": r"val\.jsonl:2: split='test' in the file for split 'val'",
-        json.dumps({**good, "sent": "  "}) + "\n": r"val\.jsonl:1: empty 'sent'",
+        json.dumps({**good, "sent": "  "})
+        + "\n": r"1 sample\(s\) have an empty sentence:\n  val-00000-a \(.*val\.jsonl:1, image a\.png\)\n"
+        r"leave them out with the override data\.skip_samples=\[val-00000-a\]",
     }
     for text, message in cases.items():
         (tmp_path / "val.jsonl").write_text(text)
@@ -291,11 +296,17 @@ def test_dataset_names_a_mask_that_does_not_fit_its_image(tmp_path):
     fixture = layouts.make_risbench(tmp_path / "RISBench")
     name = fixture.samples["val"][0].file_name
     layouts.write_mask(fixture.root / "mask" / name, np.zeros((10, 12), dtype=np.uint8))
-    dataset = _dataset(read_risbench(root=fixture.root, split="val"))
-    with pytest.raises(
-        ValueError, match=rf"val-00000-val_100_0: mask .*mask/{name} is 10×12, image .*{name} is 48×64"
-    ):
+    records = read_risbench(root=fixture.root, split="val")
+    message = rf"val-00000-val_100_0: image .*{name} is 48×64, its mask .*mask/{name} is 10×12"
+    with pytest.raises(DataFilesError, match=r"\(data\.size_mismatch=error\):\n  " + message + r"\ndata\."):
+        ReferringDataset(records, transform=ResizePad(size=64), size_mismatch="error")
+    # without the build-time check, loading names it
+    dataset = ReferringDataset(
+        records, transform=ResizePad(size=64), size_mismatch="error", check_files=False
+    )
+    with pytest.raises(ValueError, match=message + r" \(data\.size_mismatch=error; found when loading"):
         dataset[0]
+    dataset = _dataset(records)
     with pytest.raises(IndexError, match="out of range"):
         dataset[len(dataset)]
 

@@ -1,4 +1,4 @@
-"""The paper's recipes (METHOD.md §4) as experiment configs, checked value by value, and their schedule."""
+"""The paper's recipes (docs/method.md §7) as experiment configs, checked value by value, and schedules."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import compose_config
-from rsrefseg.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR
+from rsrefseg.training.schedule import RunLength
 
-# dataset → (epochs, lr, T_max / E): METHOD.md §4's table
+# dataset → (epochs, lr, T_max / E): the table of docs/method.md §7
 PAPER = {"rrsisd": (300, 1e-4, 1.3), "risbench": (300, 1e-4, 1.3), "refsegrs": (600, 2e-4, 1.8)}
 
 
@@ -69,7 +70,7 @@ def test_recipe_schedule_follows_the_formula(dataset):
     cfg = compose(dataset)
     steps = 7  # optimizer steps per epoch
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr)
-    scheduler = instantiate(cfg.scheduler, steps_per_epoch=steps)(optimizer)
+    scheduler = instantiate(cfg.scheduler)(optimizer, run=RunLength(epochs * steps, steps_per_epoch=steps))
     begin, t_max = 0.1 * epochs, t_max_ratio * epochs
 
     def expected(step: int) -> float:
@@ -102,25 +103,66 @@ def test_tiny_variant_keeps_the_recipe_but_fits_a_cpu(dataset):
 
 
 @pytest.mark.parametrize("dataset", list(PAPER))
-def test_tiny_variant_trains_on_the_dataset_layout(tmp_path, dataset):
-    """The CPU smoke variant runs end to end on a tiny copy of the dataset in its true layout."""
-    import fixtures_layouts as layouts
-    from rsrefseg.training.run import train
+def test_recipe_phases_follow_the_epoch_count(dataset):
+    """The paper states the constant phase and T_max as fractions of E: recipe.epochs moves them all."""
+    _, _, t_max_ratio = PAPER[dataset]
+    cfg = compose_config("train", [f"experiment={dataset}", "recipe.epochs=100"])
+    assert cfg.trainer.max_epochs == 100
+    assert (cfg.scheduler.warmup_epochs, cfg.scheduler.constant_until_epoch) == (5, 10)
+    assert cfg.scheduler.t_max_epochs == round(t_max_ratio * 100)
+    assert type(cfg.scheduler.constant_until_epoch) is int  # 0.1·100 is 10, not 10.000000000000002
 
-    maker, folder = {
-        "refsegrs": (layouts.make_refsegrs, "RefSegRS"),
-        "rrsisd": (layouts.make_rrsisd, "RRSIS-D"),
-        "risbench": (layouts.make_risbench, "RISBench"),
-    }[dataset]
-    fixture = maker(tmp_path / "data" / folder)
-    overrides = [
-        f"experiment={dataset}_tiny",
-        "debug=fdr",
-        "logger=none",
-        "shuffled_sentence_test=false",
-        f"paths.data_dir={tmp_path / 'data'}",
-    ]
-    payload = train(compose_config("train", overrides))
-    test = payload["metrics"]["test"]
-    assert test["num_samples"] == len(fixture.samples["test"]) and 0.0 <= test["gIoU"] <= 100.0
-    assert "whole_image" in payload["metrics"]
+
+def test_default_run_schedule_and_validation_are_unchanged():
+    cfg = compose_config("train")
+    schedule = cfg.scheduler
+    assert (schedule.unit, schedule.warmup_epochs, schedule.constant_until_epoch) == ("step", 50, 100)
+    assert schedule.t_max_epochs == cfg.trainer.max_steps == 1300
+    assert cfg.trainer.val_check_interval == 325 and type(cfg.trainer.val_check_interval) is int
+    assert cfg.trainer.check_val_every_n_epoch is None
+
+
+@pytest.mark.parametrize(("max_steps", "interval"), [(200, 50), (4, 1), (2, 1), (1301, 325)])
+def test_a_shorter_default_run_still_validates(max_steps, interval):
+    """`make train ARGS=trainer.max_steps=200` validates 4 times, so it selects and saves a checkpoint."""
+    cfg = compose_config("train", [f"trainer.max_steps={max_steps}"])
+    assert cfg.trainer.val_check_interval == interval and cfg.scheduler.t_max_epochs == max_steps
+
+
+def test_an_unbounded_default_run_names_the_key():
+    cfg = compose_config("train", ["trainer.max_steps=-1"])
+    with pytest.raises(Exception, match=r"trainer\.max_steps=-1.*trainer\.val_check_interval"):
+        cfg.trainer.val_check_interval  # noqa: B018
+
+
+@pytest.mark.parametrize("dataset", list(PAPER))
+def test_multi_gpu_recipe_keeps_batchnorm_per_gpu_as_the_release(dataset):
+    cfg = compose_config("train", [f"experiment={dataset}", "trainer=ddp"])
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is False
+    overrides = [f"experiment={dataset}", "trainer=ddp", "trainer.sync_batchnorm=true"]
+    assert compose_config("train", overrides).trainer.sync_batchnorm is True
+
+
+@pytest.mark.parametrize("dataset", ["rrsisd", "refsegrs", "risbench"])
+def test_paper_recipes_follow_the_release_where_a_switch_exists(dataset):
+    cfg = compose_config("train", [f"experiment={dataset}"])
+    assert cfg.model.lora.split_qkv is True
+    assert cfg.model.sam.train_no_mem_embed is True
+    assert cfg.model.require_pretrained is True
+    assert (cfg.data.size_mismatch, cfg.data.mask_rule) == ("resize_mask", "nonzero")
+    assert (cfg.data.mask_resize, cfg.data.sentence_spaces) == ("nearest", "keep")
+    # our fixes stay: padding masks, the contrastive ground truth, the antialiased CLIP resize
+    assert cfg.model.prompter.text_padding_mask is True
+    assert cfg.model.clip.pad_to_longest is False
+    assert cfg.loss.contrastive.align_corners is False
+    assert cfg.model.clip.antialias is True
+
+
+def test_a_paper_recipe_refuses_random_init_backbones():
+    """Before: `model.sam.sam.checkpoint: ???` in the recipe did not override the SAM config's null, so
+    the recipe ran LoRA on random-init SAM with a warning only."""
+    cfg = compose_config("train", ["experiment=rrsisd", "model/clip=tiny", "model/sam=hiera_tiny"])
+    assert cfg.model.finetune == "lora"
+    with pytest.raises(Exception, match=r"finetune=lora needs pretrained model\.clip weights") as info:
+        instantiate(cfg.model, _convert_="partial")
+    assert "model.require_pretrained=false" in str(info.value)

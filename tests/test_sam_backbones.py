@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import build_tiny_net, compose_config
-from rsrefseg.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR
 from rsrefseg.models import Sam2Backbone, SamBackbone, build_sam2
 
 SAM_OPTIONS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model" / "sam").glob("*.yaml"))
@@ -300,10 +300,19 @@ def test_lora_on_hiera_freezes_base_weights_and_changes_output_only_after_a_step
 
 
 @needs_sam2
-@pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_whole_network_with_hiera_tiny_gives_every_trainable_parameter_a_gradient(finetune):
-    """One fast_dev_run-sized step of RSRefSeg2 with SAM 2: DDP without find_unused_parameters needs this."""
-    cfg = compose_config("train", ["model/sam=hiera_tiny", f"model.finetune={finetune}"])
+@pytest.mark.parametrize(
+    ("finetune", "train_no_mem_embed"), [("full", False), ("lora", False), ("lora", True)]
+)
+def test_whole_network_with_hiera_tiny_gives_every_trainable_parameter_a_gradient(
+    finetune, train_no_mem_embed
+):
+    """One fast_dev_run-sized step of RSRefSeg2 with SAM 2: DDP without find_unused_parameters needs this.
+
+    ``no_mem_embed`` trains in ``full`` mode, and in ``lora`` mode with the release's
+    ``model.sam.train_no_mem_embed=true``.
+    """
+    switch = f"model.sam.train_no_mem_embed={str(train_no_mem_embed).lower()}"
+    cfg = compose_config("train", ["model/sam=hiera_tiny", f"model.finetune={finetune}", switch])
     torch.manual_seed(0)
     net = instantiate(cfg.model, _convert_="partial").train()
     out = net(torch.rand(4, 3, 64, 64), SENTENCES)
@@ -315,7 +324,7 @@ def test_whole_network_with_hiera_tiny_gives_every_trainable_parameter_a_gradien
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     frozen_heads = ("iou_prediction_head", "pred_obj_score_head", "output_hypernetworks_mlps.1.")
     assert not any(head in n for n in trainable for head in frozen_heads)
-    assert ("sam.no_mem_embed" in trainable) == (finetune == "full")
+    assert ("sam.no_mem_embed" in trainable) == (finetune == "full" or train_no_mem_embed)
 
 
 @pytest.mark.parametrize("sam", ["tiny", "hiera_tiny"])

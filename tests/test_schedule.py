@@ -7,9 +7,10 @@ import math
 import pickle
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
-from rsrefseg.training.schedule import build_warmup_constant_cosine, warmup_constant_cosine_factor
+from rsrefseg.training.schedule import RunLength, build_warmup_constant_cosine, warmup_constant_cosine_factor
 
 STEPS = 100  # steps per epoch used throughout
 
@@ -95,12 +96,52 @@ def test_step_unit_moves_the_cosine_every_step() -> None:
     ],
 )
 def test_invalid_arguments_are_named(override: dict[str, object], message: str) -> None:
-    kwargs = {**RRSISD, **override}
     with pytest.raises(ValueError, match=message):
-        warmup_constant_cosine_factor(0, **kwargs)
+        warmup_constant_cosine_factor(0, **{**RRSISD, **override})
+
+
+def _build(optimizer: torch.optim.Optimizer, run: RunLength, **override: object):
+    kwargs = {k: v for k, v in {**RRSISD, **override}.items() if k != "steps_per_epoch"}
+    return build_warmup_constant_cosine(optimizer, run=run, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"warmup_epochs": -1}, "warmup_epochs.*-1"),
+        ({"warmup_epochs": 40}, "constant_until_epoch.*30"),
+        ({"t_max_epochs": 0}, "t_max_epochs.*0"),
+        ({"eta_min_ratio": 1.5}, "eta_min_ratio.*1.5"),
+        ({"start_factor": 0.0}, "start_factor.*0.0"),
+        ({"unit": "iteration"}, "unit.*iteration"),
+    ],
+)
+def test_the_builder_checks_before_the_first_step(override: dict[str, object], message: str) -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ValueError, match=message):
-        build_warmup_constant_cosine(optimizer, **kwargs)
+        _build(optimizer, RunLength(total_steps=300 * STEPS, steps_per_epoch=STEPS), **override)
+
+
+def test_the_builder_places_epochs_with_the_run_length() -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = _build(optimizer, RunLength(total_steps=300 * 7, steps_per_epoch=7))
+    assert scheduler.lr_lambdas[0](5 * 7 - 1) < 1.0 == scheduler.lr_lambdas[0](5 * 7)
+    # unit=step ignores the epoch length: its phases count steps
+    stepped = _build(optimizer, RunLength(total_steps=500, steps_per_epoch=7), unit="step")
+    assert stepped.lr_lambdas[0](4) < 1.0 == stepped.lr_lambdas[0](5)
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        (RunLength(total_steps=1000, steps_per_epoch=None), r"unit='epoch'.*trainer\.max_epochs.*unit=step"),
+        (RunLength(total_steps=0, steps_per_epoch=10), "at least one optimizer step, got 0"),
+    ],
+)
+def test_a_run_length_the_schedule_cannot_use_is_named(run: RunLength, message: str) -> None:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ValueError, match=message):
+        _build(optimizer, run)
 
 
 def test_lambdalr_sets_optimizer_lr() -> None:
@@ -108,7 +149,11 @@ def test_lambdalr_sets_optimizer_lr() -> None:
     optimizer = torch.optim.AdamW([{"params": [param]}, {"params": [], "lr": 2e-4}], lr=1e-4)
     steps_per_epoch, epochs = 3, 300
     scheduler = build_warmup_constant_cosine(
-        optimizer, steps_per_epoch=steps_per_epoch, warmup_epochs=5, constant_until_epoch=30, t_max_epochs=390
+        optimizer,
+        run=RunLength(total_steps=steps_per_epoch * epochs, steps_per_epoch=steps_per_epoch),
+        warmup_epochs=5,
+        constant_until_epoch=30,
+        t_max_epochs=390,
     )
     for step in range(steps_per_epoch * epochs):
         epoch = step // steps_per_epoch
@@ -123,3 +168,54 @@ def test_lambdalr_sets_optimizer_lr() -> None:
         optimizer.step()
         scheduler.step()
     pickle.dumps(scheduler.lr_lambdas[0])  # checkpointable / spawn-safe
+
+
+# --- wiring: the module hands the trainer's run length to the schedule ---------------------------
+
+
+def _fit_recording_lr(tmp_path, **trainer_kwargs) -> list[float]:
+    """Fit the tiny default with an epoch-unit schedule (2 steps per epoch); the lr factor at each step."""
+    from conftest import compose_config
+    from rsrefseg.config.build import build_datamodule, build_module
+
+    overrides = ["data.sizes.train=32", "data.batch_size=16", "scheduler.unit=epoch"]
+    overrides += ["scheduler.warmup_epochs=1", "scheduler.constant_until_epoch=2", "scheduler.t_max_epochs=4"]
+    cfg = compose_config("train", overrides)
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, datamodule)
+    factors: list[float] = []
+
+    class RecordLr(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            factors.append(trainer.optimizers[0].param_groups[0]["lr"] / cfg.optimizer.lr)
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[RecordLr()],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return factors
+
+
+def test_an_epoch_schedule_counts_the_epoch_when_max_steps_caps_the_run(tmp_path):
+    factors = _fit_recording_lr(tmp_path, max_epochs=10, max_steps=3)
+    # 2 steps per epoch: warm-up over steps 0-1, constant from epoch 1
+    expected = [
+        warmup_constant_cosine_factor(
+            step, steps_per_epoch=2, warmup_epochs=1, constant_until_epoch=2, t_max_epochs=4
+        )
+        for step in range(3)
+    ]
+    assert factors == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_unbounded_run_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):
+        _fit_recording_lr(tmp_path, max_epochs=-1, max_steps=-1)

@@ -98,6 +98,16 @@ def test_baselines_follow_the_resolution():
         score_batch(logits, batch, resolution="native")
 
 
+def test_original_size_without_original_masks_is_refused():
+    """No silent fallback to the input-size masks under an "original" label."""
+    logits, batch = wide_sample()
+    del batch["original_mask"]
+    with pytest.raises(ValueError, match=r"original_mask.*metrics\.resolution=input"):
+        score_batch(logits, batch, resolution="original")
+    (_,), (target,) = score_batch(logits, batch, resolution="input")
+    assert target.shape == (4, 8)
+
+
 def test_fit_then_eval_on_a_non_square_layout_at_both_resolutions(tmp_path):
     """RefSegRS layout with non-square images: a short fit, then rsrefseg-eval at both resolutions.
 

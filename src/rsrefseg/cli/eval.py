@@ -10,12 +10,19 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from rsrefseg.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR
+from rsrefseg.config.schema import check_config
+from rsrefseg.errors import reports_errors, reports_job_errors
 from rsrefseg.evaluation.run import evaluate
 
+PROG = "rsrefseg-eval"
 
+
+@reports_errors(PROG)
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+@reports_job_errors(PROG)
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     evaluate(cfg)
 
 

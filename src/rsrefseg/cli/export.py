@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from rsrefseg.build import prepare_process
+from rsrefseg.errors import reports_errors
+from rsrefseg.process import prepare_process
 from rsrefseg.training.checkpoint_files import export_merged
 
 
+@reports_errors("rsrefseg-export")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -10,10 +10,13 @@ files to skip, ``expected_counts`` the published split sizes. The same config th
 raw layout (``data=<layout>``) or on the written JSONL (``data=jsonl data.root=<out>``).
 
 Checks: samples per split against the expected counts; missing or unreadable images and mask
-files; undecodable segmentations; mask / image and index / image size mismatches; empty masks;
-mask images that are not two-valued; duplicate (image, sentence) pairs; and which known-bad
-samples were skipped. Errors (a sample that cannot be trained or scored as it stands) stop the
-conversion; warnings are reported and the JSONL is written (``--strict`` makes them stop it too).
+files; undecodable segmentations; empty sentences; mask / image and index / image size mismatches;
+empty masks; mask images that are not two-valued; duplicate (image, sentence) pairs; and which
+known-bad samples were skipped. Errors (a sample that cannot be trained or scored as it stands)
+stop the conversion; warnings are reported and the JSONL is written (``--strict`` makes them stop
+it too). Size mismatches follow ``data.size_mismatch``: warnings under ``resize_mask`` (the line
+holds the mask resized to the image) and ``skip`` (the sample is left out and listed), errors
+under ``error``.
 
 Writes ``<out>/<split>.jsonl``, ``<out>/images`` (a link to the download's image folder) and
 ``<out>/prepare_report.json``, each atomically, and never replaces a different existing file
@@ -27,240 +30,14 @@ and it needs no run folder or logging setup; the data config is composed with Hy
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from rsrefseg.data.inspection import (
-    REPORT_NAME,
-    Defect,
-    PrepareReport,
-    format_report,
-    inspect_split,
-)
-from rsrefseg.data.records import (
-    SPLITS,
-    ReferringRecord,
-    is_listed,
-    partition_known_bad,
-)
-from rsrefseg.io import atomic_open
-
-IMAGE_LINK = "images"
-
-
-class PrepareError(Exception):
-    """The dataset's index cannot be read, or an output would overwrite a different file."""
-
-
-class OverwriteRefused(PrepareError):
-    """An output would replace a different existing file; carries the report of the checks that ran.
-
-    Attributes:
-        report: What the checks found (nothing was written).
-    """
-
-    def __init__(self, message: str, report: PrepareReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-# --------------------------------------------------------------------------------------------------
-# The whole run
-# --------------------------------------------------------------------------------------------------
-
-
-def compose_data_config(layout: str, root: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The ``data`` node of ``conf/data/<layout>.yaml`` with ``root`` set, as training would compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
-
-    from rsrefseg.build import CONFIG_DIR
-
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"data={layout}", *overrides])
-    except MissingConfigException as err:
-        options = sorted(p.stem for p in Path(CONFIG_DIR, "data").glob("*.yaml"))
-        raise PrepareError(
-            f"--layout {layout!r} is not a data config; options in {CONFIG_DIR}/data: {options}"
-        ) from err
-    data = cfg.data
-    for key in ("reader", "root"):
-        if key not in data:
-            raise PrepareError(f"data={layout} has no '{key}' node; it is not an on-disk dataset config")
-    # set after composing: a path may hold characters Hydra's override grammar rejects
-    data.root = str(Path(root).expanduser().resolve())
-    return data
-
-
-def prepare(
-    *,
-    layout: str,
-    root: str | Path,
-    out: str | Path,
-    splits: Sequence[str] = SPLITS,
-    overrides: Sequence[str] = (),
-    force: bool = False,
-    strict: bool = False,
-    workers: int = 0,
-    link_images: bool = True,
-) -> PrepareReport:
-    """Check a dataset and, when it passes, write its unified JSONL.
-
-    Args:
-        layout: A ``conf/data`` option with a ``reader`` node (refsegrs, rrsisd, risbench, jsonl).
-        root: The downloaded dataset's folder (sets ``data.root``).
-        out: Output folder.
-        splits: Splits to check and convert.
-        overrides: Hydra overrides of the composed config (``data.reader.image_dir=…``).
-        force: Replace existing outputs whose content differs.
-        strict: Treat warnings as errors (nothing but the report is written).
-        workers: Processes decoding images and masks (0: this process).
-        link_images: Make ``<out>/images`` a link to the image folder, so that ``data=jsonl
-            data.root=<out>`` finds the images without setting ``data.image_dir``.
-
-    Returns:
-        The report; ``report.ok(strict=strict)`` says whether the JSONL was written.
-
-    Raises:
-        PrepareError: If the index cannot be read, or an output differs from an existing file and
-            ``force`` is False.
-    """
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown:
-        raise PrepareError(f"unknown split(s) {unknown}; expected names among {SPLITS}")
-    data = compose_data_config(layout, root, overrides)
-    reader = _instantiate_reader(data)
-    skip_files = [
-        str(name) for name in OmegaConf.to_container(data.reader, resolve=True).get("skip_files") or []
-    ]
-    expected = OmegaConf.to_container(data, resolve=True).get("expected_counts") or {}
-    out = Path(out).expanduser().resolve()
-    report = PrepareReport(layout=layout, root=str(data.root), out=str(out))
-
-    lines_by_split: dict[str, list[dict[str, Any]]] = {}
-    image_roots: set[Path] = set()
-    categories: set[str] = set()
-    found_bad: set[str] = set()
-    for split in splits:
-        try:
-            listed = reader(split=split, skip_files=())
-        except (FileNotFoundError, KeyError, ValueError) as err:
-            raise PrepareError(f"cannot read the {split} index of {layout} under {data.root}: {err}") from err
-        kept, skipped = partition_known_bad(listed, skip_files)
-        found_bad.update(name for name in skip_files if any(is_listed(r, frozenset([name])) for r in skipped))
-        expected_count = expected.get(split)
-        report.splits[split] = {
-            "listed": len(listed),
-            "skipped_known_bad": len(skipped),
-            "kept": len(kept),
-            "expected": expected_count,
-        }
-        report.skipped_known_bad[split] = sorted({Path(r.file_name).name for r in skipped})
-        if expected_count is not None and len(listed) != expected_count:
-            report.defects.append(
-                Defect(
-                    "count_mismatch",
-                    split,
-                    f"the {split} index lists {len(listed)} samples; {expected_count} expected "
-                    f"(data.expected_counts.{split})",
-                )
-            )
-        defects, lines = inspect_split(kept, split=split, workers=workers)
-        report.defects.extend(defects)
-        lines_by_split[split] = lines
-        image_roots.update(r.image_root for r in kept)
-        categories.update(r.category for r in kept if r.category is not None)
-    report.known_bad_not_found = sorted(set(skip_files) - found_bad)
-    report.categories = sorted(categories)
-    if len(image_roots) > 1:
-        raise PrepareError(
-            f"records point at several image folders {sorted(map(str, image_roots))}; expected one"
-        )
-    report.image_dir = str(next(iter(image_roots))) if image_roots else None
-
-    ok = report.ok(strict=strict)
-    outputs: dict[Path, bytes] = {}
-    if ok:
-        for split, lines in lines_by_split.items():
-            outputs[out / f"{split}.jsonl"] = "".join(json.dumps(line) + "\n" for line in lines).encode(
-                "utf-8"
-            )
-    report_path = out / REPORT_NAME
-    outputs[report_path] = (
-        json.dumps(report.as_dict(strict=strict), indent=2, ensure_ascii=False) + "\n"
-    ).encode()
-    link = out / IMAGE_LINK if link_images and ok and report.image_dir else None
-    clashes = _clashes(outputs, link, report.image_dir, report_path=report_path, force=force)
-    if clashes:
-        raise OverwriteRefused(
-            "refusing to replace existing output(s) that differ (use --force): " + "; ".join(clashes), report
-        )
-    for path, payload in outputs.items():
-        if not (path.is_file() and path.read_bytes() == payload):  # identical files are left untouched
-            with atomic_open(path) as handle:
-                handle.write(payload)
-        report.written.append(str(path))
-    if link is not None:
-        _link(link, Path(report.image_dir))  # type: ignore[arg-type]
-        report.written.append(str(link))
-    return report
-
-
-def _instantiate_reader(data: DictConfig) -> Callable[..., list[ReferringRecord]]:
-    from hydra.utils import instantiate
-
-    reader = instantiate(OmegaConf.to_container(data.reader, resolve=True))
-    if not callable(reader):
-        raise PrepareError(f"data.reader instantiated to {reader!r}; expected a reader (set _partial_: true)")
-    return reader
-
-
-def _clashes(
-    outputs: Mapping[Path, bytes], link: Path | None, image_dir: str | None, *, report_path: Path, force: bool
-) -> list[str]:
-    """The outputs that would replace something different, checked before anything is written."""
-    clashes = []
-    if link is not None and (link.exists() or link.is_symlink()):
-        if not link.is_symlink():
-            # a real folder is never replaced, not even with --force: it may hold the only copy of data
-            clashes.append(f"{link} is a real folder or file, not a link; move it away")
-        elif not force and Path(os.readlink(link)) != Path(image_dir or ""):
-            clashes.append(f"{link} links to {os.readlink(link)}, not to {image_dir}")
-    if force:
-        return clashes
-    for path, payload in outputs.items():
-        if not path.exists() or (path.is_file() and path.read_bytes() == payload):
-            continue
-        if path == report_path and path.is_file() and not _report_was_ok(path):
-            continue  # a failed run's report describes nothing on disk: replace it freely
-        clashes.append(f"{path} differs")
-    return clashes
-
-
-def _report_was_ok(path: Path) -> bool:
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("ok"))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return False
-
-
-def _link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` atomically (a temporary link renamed over it)."""
-    if link.is_symlink() and Path(os.readlink(link)) == target:
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp-link")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target, target_is_directory=True)
-    os.replace(tmp, link)
-
+from rsrefseg.data.conversion import OverwriteRefused, PrepareError, prepare
+from rsrefseg.data.inspection import format_report
+from rsrefseg.data.records import SPLITS
+from rsrefseg.errors import reports_errors
 
 # --------------------------------------------------------------------------------------------------
 # Command line
@@ -279,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder for <split>.jsonl and the report"
     )
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to convert")
+    # no `choices`: nargs="+" also swallows the Hydra overrides that follow, which main() hands back
+    parser.add_argument(
+        "--splits", nargs="+", default=list(SPLITS), metavar="{train,val,test}", help="splits to convert"
+    )
     parser.add_argument("--force", action="store_true", help="replace existing outputs that differ")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors")
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (0: none)")
@@ -290,16 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_errors("rsrefseg-prepare")
 def main(argv: Iterable[str] | None = None) -> int:
     """Console entry point; returns 0 (written), 1 (checks failed) or 2 (cannot read / would overwrite)."""
-    args = build_parser().parse_args(None if argv is None else list(argv))
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    splits, overrides = _splits_and_overrides(args.splits, args.overrides)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        parser.error(f"--splits: {unknown or 'none given'}; expected names among {list(SPLITS)}")
     try:
         report = prepare(
             layout=args.layout,
             root=args.root,
             out=args.out,
-            splits=args.splits,
-            overrides=args.overrides,
+            splits=splits,
+            overrides=overrides,
             force=args.force,
             strict=args.strict,
             workers=args.workers,
@@ -312,6 +98,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 2
     print(format_report(report, strict=args.strict))
     return 0 if report.ok(strict=args.strict) else 1
+
+
+def _splits_and_overrides(splits: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Hand back the ``key=value`` overrides that ``--splits a b key=value`` swallowed, in order."""
+    swallowed = [item for item in splits if "=" in item]
+    return [item for item in splits if "=" not in item], [*swallowed, *overrides]
 
 
 if __name__ == "__main__":

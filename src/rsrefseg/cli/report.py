@@ -25,12 +25,17 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from rsrefseg.build import CONFIG_DIR, prepare_process
+from rsrefseg.config.build import CONFIG_DIR
+from rsrefseg.config.schema import check_config
+from rsrefseg.errors import reports_errors, reports_job_errors
 from rsrefseg.io import atomic_write_json
 from rsrefseg.models import RSRefSeg2
 from rsrefseg.models.cost import forward_flops, parameter_rows, train_step_peak_memory
+from rsrefseg.process import prepare_process
 
 log = logging.getLogger(__name__)
+
+PROG = "rsrefseg-report"
 
 
 def print_report(report: Mapping[str, Any], console: Console | None = None) -> None:
@@ -83,8 +88,11 @@ def build_report(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+@reports_errors(PROG)
 @hydra.main(config_path=CONFIG_DIR, config_name="report", version_base="1.3")
+@reports_job_errors(PROG)
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     report = build_report(cfg)
     print_report(report)
     path = atomic_write_json(Path(cfg.paths.output_dir) / "report.json", report)

@@ -11,6 +11,8 @@ import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from rsrefseg.data.file_check import DataFilesError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -70,7 +72,7 @@ class RefSegDataModule(pl.LightningDataModule):
         batch_size: samples per device and step.
         eval_batch_size: samples per device for val / test (defaults to ``batch_size``).
         num_workers: DataLoader worker processes.
-        pin_memory: pin host memory (useful with a GPU).
+        pin_memory: pin host memory when a GPU is present (ignored on a CPU-only machine).
         persistent_workers: keep workers alive between epochs (needs ``num_workers > 0``).
         group_names: names of the per-sample groups scored separately (e.g. expression types).
         group_key: the item key holding each sample's group name.
@@ -107,7 +109,8 @@ class RefSegDataModule(pl.LightningDataModule):
         """The split's dataset, built on first use; a clear error when it is missing or empty.
 
         A wrong data root surfaces here as the reader's FileNotFoundError, naming the path it tried
-        and what it expected there.
+        and what it expected there; missing or unreadable files of an on-disk dataset as one error
+        naming every one (the dataset reads every header when it is built).
         """
         if split not in self.datasets:
             if split not in self.split_factories:
@@ -117,7 +120,7 @@ class RefSegDataModule(pl.LightningDataModule):
             if size == 0:
                 raise ValueError(
                     f"the '{split}' split is empty ({dataset!r}): every sample was filtered out "
-                    "(known-bad list?) or the index lists none"
+                    "(known-bad list, data.skip_samples, data.size_mismatch=skip?) or the index lists none"
                 )
             if split == "train" and size < self.batch_size:
                 # the train loader drops the last incomplete batch: an epoch would have no step
@@ -137,10 +140,24 @@ class RefSegDataModule(pl.LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        """Build (and so check) the stage's splits; ``fit`` builds test too when configured.
+
+        Building an on-disk split reads every file's header, so a missing test image fails the run
+        here, before the first step, not after training; the bad files of all splits are named in
+        one `DataFilesError`.
+        """
+        wanted = {"validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        bad_files: list[DataFilesError] = []
         for split in wanted:
             if split in self.split_factories:
-                self.dataset(split)
+                try:
+                    self.dataset(split)
+                except DataFilesError as err:  # every split is checked before any is refused
+                    bad_files.append(err)
+        if len(bad_files) == 1:
+            raise bad_files[0]
+        if bad_files:
+            raise DataFilesError("\n".join(str(err) for err in bad_files))
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         sampler = None
@@ -155,7 +172,8 @@ class RefSegDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            # pinning needs an accelerator; on a CPU-only machine torch would only warn about it
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
             collate_fn=collate_referring,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,14 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from rsrefseg.data.records import CocoSegmentation, MaskFile, MaskSource
+from rsrefseg.data.records import MASK_RULES, CocoSegmentation, MaskFile, MaskSource, require_choice
 
 #: image modes PIL converts to 8-bit RGB without losing meaning (16-bit / float images would clip)
 _RGB_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "PA", "1", "CMYK", "YCbCr"})
 
 
 class NonBinaryMaskWarning(UserWarning):
-    """A mask image holds values other than {0, 255} or {0, 1}; it was thresholded at > 127."""
+    """A mask image is not cleanly two-valued; it was binarised by its rule (threshold > 127 or nonzero)."""
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -51,46 +52,121 @@ def load_image(path: Path) -> np.ndarray:
         raise ValueError(f"unreadable image {path}: {err}") from err
 
 
-def read_mask_values(path: Path) -> np.ndarray:
-    """A mask image's raw values as one ``H×W`` array (colour masks are converted to grey).
+@dataclass(frozen=True)
+class MaskReading:
+    """A mask image read under a `MaskFile.rule`.
+
+    Attributes:
+        mask: ``H×W`` bool foreground.
+        two_valued: Whether the values were cleanly binary (see `binarise`).
+        values: Up to 8 of the distinct values seen, when not two-valued (for messages).
+    """
+
+    mask: np.ndarray
+    two_valued: bool
+    values: tuple[int, ...] = ()
+
+
+def read_mask(path: Path, rule: str = "threshold") -> MaskReading:
+    """A mask image's foreground under ``rule``.
+
+    Grey and colour images are read as grey values and binarised by `binarise`. A palette image is
+    read through its palette as grey: its pixels are palette indices, and which index is the object
+    is the palette's business (index 2 or 255 are as common as 1). Under ``threshold`` a palette
+    mask must use at most two colours, one of them black (the background); under ``nonzero`` every
+    non-black pixel is the object, as the authors' release (OpenCV's grey reading) takes it.
+
+    Args:
+        path: The mask image.
+        rule: ``threshold`` or ``nonzero``.
 
     Raises:
         FileNotFoundError: If the file is missing.
-        ValueError: If the file cannot be decoded.
+        ValueError: If the file cannot be decoded, has several channels after conversion, or is a
+            palette mask whose object cannot be told under ``threshold`` (the palette is named).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask not found: {path}")
     try:
         with Image.open(path) as image:
+            if image.mode in ("P", "PA"):
+                return _read_palette_mask(image, path, rule)
             if image.mode == "1":
-                return np.asarray(image, dtype=np.uint8) * 255
-            if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-                image = image.convert("L")
-            values = np.asarray(image)
+                values = np.asarray(image, dtype=np.uint8) * 255
+            else:
+                if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+                    image = image.convert("L")
+                values = np.asarray(image)
     except (OSError, Image.DecompressionBombError, SyntaxError) as err:
         raise ValueError(f"unreadable mask {path}: {err}") from err
     if values.ndim != 2:
         raise ValueError(f"mask {path} has shape {values.shape}; expected a single-channel image")
-    return values
+    mask, two_valued = binarise(values, rule)
+    return MaskReading(mask, two_valued, () if two_valued else _some_values(values))
 
 
-def binarise(values: np.ndarray) -> tuple[np.ndarray, bool]:
+def _read_palette_mask(image: Image.Image, path: Path, rule: str) -> MaskReading:
+    indices = np.asarray(image.getchannel(0) if image.mode == "PA" else image)
+    grey = np.asarray(image.convert("L"))
+    used = np.unique(indices).tolist()
+    greys = sorted(set(np.unique(grey).tolist()))
+    clean = len(greys) == 1 or (len(greys) == 2 and greys[0] == 0)
+    if rule == "threshold" and not clean:
+        palette = image.getpalette() or []
+        colours = {i: tuple(palette[3 * i : 3 * i + 3]) for i in used[:8]}
+        raise ValueError(
+            f"palette mask {path} uses indices {used[:8]}{'…' if len(used) > 8 else ''} with colours "
+            f"{colours}: not one object colour on black, so which is the object is unclear; "
+            "data.mask_rule=nonzero takes every non-black pixel as the object (the release's reading)"
+        )
+    return MaskReading(grey != 0, clean, () if clean else tuple(used[:8]))
+
+
+def binarise(values: np.ndarray, rule: str = "threshold") -> tuple[np.ndarray, bool]:
     """Foreground of a mask image's values, and whether the values were cleanly two-valued.
 
-    ``{0, 255}`` and ``{0, 1}`` are both taken as binary (a 0 / 1 mask thresholded at 127 would be
-    silently empty); anything else is thresholded at > 127 (DATA.md) and reported as not two-valued.
+    ``threshold`` (our default): ``{0, 255}`` and ``{0, 1}`` are both taken as binary (a 0 / 1 mask
+    thresholded at 127 would be silently empty); anything else is thresholded at > 127 and reported
+    as not two-valued. ``nonzero`` (the authors' release): every nonzero value is the object; more
+    than two distinct values are reported as not two-valued.
 
     Args:
         values: ``H×W`` integer mask values.
+        rule: ``threshold`` or ``nonzero``.
 
     Returns:
-        ``H×W`` bool foreground and True when the values were a subset of {0, 255} or {0, 1}.
+        ``H×W`` bool foreground and True when the values were cleanly two-valued.
     """
+    require_choice("mask_rule", rule, MASK_RULES)
     present = set(np.unique(values).tolist())
+    if rule == "nonzero":
+        return values != 0, len(present - {0}) <= 1
     if present <= {0, 1}:
         return values == 1, True
     return values > 127, present <= {0, 255}
+
+
+def _some_values(values: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.unique(values)[:8])
+
+
+def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a mask to ``size`` by nearest neighbour, as the authors' release does (OpenCV's rule).
+
+    Output pixel ``(y, x)`` takes input pixel ``(floor(y·h/H), floor(x·w/W))``.
+
+    Args:
+        mask: ``h×w`` bool.
+        size: ``(H, W)``.
+
+    Returns:
+        ``H×W`` bool.
+    """
+    height, width = (int(v) for v in size)
+    rows = np.minimum((np.arange(height) * (mask.shape[0] / height)).astype(np.int64), mask.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * (mask.shape[1] / width)).astype(np.int64), mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]
 
 
 def decode_segmentation(segmentation: Any, *, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -189,10 +265,11 @@ def _compressed_runs(counts: bytes) -> list[int]:
 
 
 def decode_mask(source: MaskSource) -> np.ndarray:
-    """The ground-truth mask of a record, at the image's original size.
+    """The ground-truth mask of a record, at the size its source holds it.
 
-    Mask images that are not cleanly two-valued are thresholded at > 127 with a
-    `NonBinaryMaskWarning` naming the file.
+    Mask images that are not cleanly two-valued are binarised by their rule with a
+    `NonBinaryMaskWarning` naming the file. RLEs decode at their own size and polygons at the
+    stated size: whether that is the image's size is the dataset's check (``data.size_mismatch``).
 
     Args:
         source: A `MaskFile` or a `CocoSegmentation`.
@@ -201,20 +278,28 @@ def decode_mask(source: MaskSource) -> np.ndarray:
         ``H×W`` bool mask.
     """
     if isinstance(source, MaskFile):
-        values = read_mask_values(source.path)
-        mask, two_valued = binarise(values)
-        if not two_valued:
-            seen = np.unique(values)
+        reading = read_mask(source.path, source.rule)
+        if not reading.two_valued:
+            what = "thresholded at > 127" if source.rule == "threshold" else "nonzero taken as the object"
             warnings.warn(
-                f"mask {source.path} is not two-valued ({len(seen)} distinct values, e.g. "
-                f"{seen[:6].tolist()}); thresholded at > 127",
+                f"mask {source.path} is not two-valued (values {list(reading.values)}…); {what} "
+                f"(data.mask_rule={source.rule})",
                 NonBinaryMaskWarning,
                 stacklevel=2,
             )
-        return mask
+        return reading.mask
     if isinstance(source, CocoSegmentation):
-        return decode_segmentation(source.segmentation, size=source.size)
+        polygons = _is_polygon_list(source.segmentation)
+        return decode_segmentation(source.segmentation, size=source.size if polygons else None)
     raise TypeError(f"mask source of type {type(source).__name__}; expected MaskFile or CocoSegmentation")
+
+
+def _is_polygon_list(segmentation: Any) -> bool:
+    return (
+        isinstance(segmentation, list | tuple)
+        and bool(segmentation)
+        and all(isinstance(part, list | tuple) for part in segmentation)
+    )
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

@@ -14,10 +14,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from rsrefseg.data.decode import binarise, decode_segmentation, encode_rle, load_image, read_mask_values
-from rsrefseg.data.records import CocoSegmentation, MaskFile, ReferringRecord
+from rsrefseg.data.decode import (
+    decode_mask,
+    decode_segmentation,
+    encode_rle,
+    load_image,
+    read_mask,
+    resize_mask_nearest,
+)
+from rsrefseg.data.file_check import SIZE_MISMATCH_POLICIES, SizeMismatch, hw, mask_name
+from rsrefseg.data.records import CocoSegmentation, MaskFile, ReferringRecord, require_choice
 
 REPORT_NAME = "prepare_report.json"
 ERROR_KINDS = (
@@ -28,8 +34,11 @@ ERROR_KINDS = (
     "bad_segmentation",
     "size_mismatch",
     "stated_size_mismatch",
+    "empty_sentence",
 )
 WARNING_KINDS = ("count_mismatch", "empty_mask", "non_binary_mask", "duplicate_pair")
+#: kinds whose level follows ``data.size_mismatch``: errors under ``error``, warnings otherwise
+SIZE_KINDS = ("size_mismatch", "stated_size_mismatch")
 _EXAMPLES_PRINTED = 10
 
 
@@ -43,6 +52,8 @@ class Defect:
         message: A sentence naming the file(s) and the values involved.
         sample_id: The sample concerned (None for split-level defects).
         file: The file concerned (None when no single file is).
+        level: ``error`` or ``warning``; by default the kind's (`ERROR_KINDS`), but size
+            mismatches are warnings unless ``data.size_mismatch=error``.
     """
 
     kind: str
@@ -50,10 +61,15 @@ class Defect:
     message: str
     sample_id: str | None = None
     file: str | None = None
+    level: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.level:
+            object.__setattr__(self, "level", "error" if self.kind in ERROR_KINDS else "warning")
 
     @property
     def is_error(self) -> bool:
-        return self.kind in ERROR_KINDS
+        return self.level == "error"
 
 
 @dataclass
@@ -64,9 +80,13 @@ class PrepareReport:
         layout: The data config option used.
         root: The dataset folder checked.
         out: The output folder.
-        splits: Per split: ``listed`` (index entries), ``skipped_known_bad``, ``kept``, ``expected``.
+        splits: Per split: ``listed`` (index entries), ``skipped_known_bad`` (by the known-bad list
+            or ``data.skip_samples``), ``skipped_size_mismatch``, ``kept``, ``expected``.
         skipped_known_bad: Per split, the skipped samples' image file names (sorted, unique).
-        known_bad_not_found: Names on the known-bad list that no checked split contains.
+        known_bad_not_found: Names on the known-bad list or ``data.skip_samples`` that no checked
+            split contains.
+        size_mismatch: The ``data.size_mismatch`` policy applied.
+        skipped_size_mismatch: Per split, the ids of the samples left out under ``skip``.
         defects: Every problem found.
         image_dir: The folder the JSONL's ``file_name`` fields are relative to.
         categories: The category names the kept samples carry (empty where the layout has none).
@@ -79,6 +99,8 @@ class PrepareReport:
     splits: dict[str, dict[str, int | None]] = field(default_factory=dict)
     skipped_known_bad: dict[str, list[str]] = field(default_factory=dict)
     known_bad_not_found: list[str] = field(default_factory=list)
+    size_mismatch: str = "resize_mask"
+    skipped_size_mismatch: dict[str, list[str]] = field(default_factory=dict)
     defects: list[Defect] = field(default_factory=list)
     image_dir: str | None = None
     categories: list[str] = field(default_factory=list)
@@ -114,6 +136,8 @@ class PrepareReport:
             "splits": self.splits,
             "skipped_known_bad": self.skipped_known_bad,
             "known_bad_not_found": self.known_bad_not_found,
+            "size_mismatch": self.size_mismatch,
+            "skipped_size_mismatch": self.skipped_size_mismatch,
             "defect_counts": self.counts_by_kind(),
             "errors": [asdict(d) for d in self.errors],
             "warnings": [asdict(d) for d in self.warnings],
@@ -138,7 +162,7 @@ class _MaskInfo:
     empty: bool = False
     two_valued: bool = True
     values: tuple[int, ...] = ()
-    rle: dict[str, Any] | None = None  # only for mask files: the thresholded mask, for the JSONL
+    rle: dict[str, Any] | None = None  # only for mask files: the binarised mask, for the JSONL
     kind: str | None = None  # missing_mask | unreadable_mask | bad_segmentation
     message: str | None = None
 
@@ -158,24 +182,18 @@ def _inspect_mask(source: MaskFile | CocoSegmentation) -> _MaskInfo:
         if not source.path.is_file():
             return _MaskInfo(None, kind="missing_mask", message=f"mask {source.path} does not exist")
         try:
-            values = read_mask_values(source.path)
+            reading = read_mask(source.path, source.rule)
         except ValueError as err:
             return _MaskInfo(None, kind="unreadable_mask", message=str(err))
-        mask, two_valued = binarise(values)
-        seen = tuple(int(v) for v in np.unique(values)[:8]) if not two_valued else ()
-        return _MaskInfo(mask.shape, not mask.any(), two_valued, seen, encode_rle(mask))
+        mask = reading.mask
+        return _MaskInfo(mask.shape, not mask.any(), reading.two_valued, reading.values, encode_rle(mask))
     try:
         # RLE sizes are compared with the image by the caller (a size_mismatch, not a decoding error);
         # only polygons need the size to be rasterised at all
-        polygons = _is_polygon_list(source.segmentation)
-        mask = decode_segmentation(source.segmentation, size=source.size if polygons else None)
+        mask = decode_mask(source)
     except ValueError as err:
         return _MaskInfo(None, kind="bad_segmentation", message=f"is not decodable: {err}")
     return _MaskInfo(mask.shape, empty=not mask.any())
-
-
-def _is_polygon_list(segmentation: Any) -> bool:
-    return isinstance(segmentation, list) and bool(segmentation) and isinstance(segmentation[0], list)
 
 
 def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
@@ -191,36 +209,61 @@ def _parallel_map(function: Callable[[Any], Any], items: Sequence[Any], workers:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class SplitInspection:
+    """What checking one split found and what its unified JSONL holds.
+
+    Attributes:
+        defects: In record order, duplicates last.
+        lines: One unified-JSONL object per served record (meaningful only when no defect is an error).
+        size_skipped: Ids of the samples left out under ``size_mismatch=skip``.
+    """
+
+    defects: list[Defect]
+    lines: list[dict[str, Any]]
+    size_skipped: list[str]
+
+
 def inspect_split(
-    records: Sequence[ReferringRecord], *, split: str, workers: int = 0
-) -> tuple[list[Defect], list[dict[str, Any]]]:
+    records: Sequence[ReferringRecord],
+    *,
+    split: str,
+    workers: int = 0,
+    size_mismatch: SizeMismatch = "resize_mask",
+) -> SplitInspection:
     """Open every image and mask of a split's records; return the defects and the JSONL lines.
 
     Args:
         records: The split's records after known-bad skipping, in index order.
         split: The split's name.
         workers: Worker processes for decoding (0: in this process).
+        size_mismatch: What a sample whose mask or stated size differs from its image becomes:
+            ``resize_mask`` (a warning; its JSONL line holds the mask resized to the image, nearest,
+            and ``mask_resized_from``), ``skip`` (a warning; no JSONL line) or ``error``.
 
     Returns:
-        The defects (in record order, duplicates last) and one unified-JSONL object per record
-        (meaningful only when no defect is an error).
+        The defects, JSONL lines and size-skipped sample ids.
     """
+    require_choice("size_mismatch", size_mismatch, SIZE_MISMATCH_POLICIES)
     image_paths = sorted({r.image_path for r in records})
     image_infos = dict(zip(image_paths, _parallel_map(_inspect_image, image_paths, workers), strict=True))
-    mask_files = sorted({r.mask.path for r in records if isinstance(r.mask, MaskFile)})
-    file_infos = dict(
-        zip(mask_files, _parallel_map(_inspect_mask, [MaskFile(p) for p in mask_files], workers), strict=True)
-    )
+    mask_files = sorted({r.mask for r in records if isinstance(r.mask, MaskFile)}, key=lambda m: str(m.path))
+    file_infos = dict(zip(mask_files, _parallel_map(_inspect_mask, mask_files, workers), strict=True))
     coco = [r.mask for r in records if isinstance(r.mask, CocoSegmentation)]
     coco_infos = iter(_parallel_map(_inspect_mask, coco, workers))
 
     defects: list[Defect] = []
     lines: list[dict[str, Any]] = []
+    size_skipped: list[str] = []
     for record in records:
         image = image_infos[record.image_path]
-        mask = file_infos[record.mask.path] if isinstance(record.mask, MaskFile) else next(coco_infos)
-        defects.extend(_record_defects(record, image, mask))
-        lines.append(_jsonl_line(record, image.size, mask.rle))
+        mask = file_infos[record.mask] if isinstance(record.mask, MaskFile) else next(coco_infos)
+        found = _record_defects(record, image, mask, size_mismatch)
+        defects.extend(found)
+        if size_mismatch == "skip" and any(d.kind in SIZE_KINDS for d in found):
+            size_skipped.append(record.sample_id)
+            continue
+        lines.append(_jsonl_line(record, image, mask))
 
     first_of: dict[tuple[str, str], str] = {}
     for record in records:
@@ -238,48 +281,70 @@ def inspect_split(
             )
         else:
             first_of[key] = record.sample_id
-    return defects, lines
+    return SplitInspection(defects, lines, size_skipped)
 
 
-def _record_defects(record: ReferringRecord, image: _ImageInfo, mask: _MaskInfo) -> list[Defect]:
+def _record_defects(
+    record: ReferringRecord, image: _ImageInfo, mask: _MaskInfo, size_mismatch: str
+) -> list[Defect]:
     """What is wrong with one record, given what its image and mask turned out to be."""
     is_file = isinstance(record.mask, MaskFile)
-    mask_name = str(record.mask.path) if isinstance(record.mask, MaskFile) else _segmentation_name(record)
+    name = mask_name(record.mask, record)
     found: list[tuple[str, str, Path | str]] = []
+    if not record.sentence.strip():
+        where = f" ({record.source})" if record.source else ""
+        message = f"empty sentence{where}; leave it out with data.skip_samples=[{record.sample_id}]"
+        found.append(("empty_sentence", message, record.source or record.image_path))
     if image.kind is not None:
         found.append((image.kind, str(image.message), record.image_path))
     if mask.kind is not None:
         # a mask file's message names its path already; a segmentation is named here
-        found.append((mask.kind, f"{'' if is_file else mask_name + ' '}{mask.message}", mask_name))
+        found.append((mask.kind, f"{'' if is_file else name + ' '}{mask.message}", name))
+    outcome = {"resize_mask": "; mask resized to the image (nearest)", "skip": "; left out"}.get(
+        size_mismatch, ""
+    )
     if image.size is not None and mask.size is not None and image.size != mask.size:
-        message = f"mask {mask_name} is {_hw(mask.size)}, image {record.image_path} is {_hw(image.size)}"
+        message = f"mask {name} is {hw(mask.size)}, image {record.image_path} is {hw(image.size)}{outcome}"
         found.append(("size_mismatch", message, record.image_path))
     if image.size is not None and record.original_size is not None and image.size != record.original_size:
         message = (
-            f"image {record.image_path} is {_hw(image.size)}, the index states {_hw(record.original_size)}"
+            f"image {record.image_path} is {hw(image.size)}, the index states {hw(record.original_size)}"
+            f"{outcome}"
         )
         found.append(("stated_size_mismatch", message, record.image_path))
     if mask.size is not None and mask.empty:
-        found.append(("empty_mask", f"{mask_name} has no foreground pixel", mask_name))
+        found.append(("empty_mask", f"{name} has no foreground pixel", name))
     if not mask.two_valued:
-        message = f"mask {mask_name} is not two-valued (values {list(mask.values)}…); thresholded at > 127"
-        found.append(("non_binary_mask", message, mask_name))
+        rule = record.mask.rule if isinstance(record.mask, MaskFile) else "threshold"
+        what = "thresholded at > 127" if rule == "threshold" else "nonzero taken as the object"
+        message = f"mask {name} is not two-valued (values {list(mask.values)}…); {what} ({rule} rule)"
+        found.append(("non_binary_mask", message, name))
+    size_level = "error" if size_mismatch == "error" else "warning"
     return [
-        Defect(kind, record.split, f"{record.sample_id}: {message}", record.sample_id, str(file))
+        Defect(
+            kind,
+            record.split,
+            f"{record.sample_id}: {message}",
+            record.sample_id,
+            str(file),
+            size_level if kind in SIZE_KINDS else "",
+        )
         for kind, message, file in found
     ]
 
 
-def _segmentation_name(record: ReferringRecord) -> str:
-    ann = f" (ann_id {record.ann_id})" if record.ann_id is not None else ""
-    return f"the segmentation of {record.file_name}{ann}"
+def _jsonl_line(record: ReferringRecord, image: _ImageInfo, mask: _MaskInfo) -> dict[str, Any]:
+    """The unified-JSONL object of a record.
 
-
-def _jsonl_line(
-    record: ReferringRecord, size: tuple[int, int] | None, rle: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The unified-JSONL object of a record; COCO segmentations are kept exactly as the source wrote them."""
-    segmentation = rle if isinstance(record.mask, MaskFile) else record.mask.segmentation
+    COCO segmentations are kept exactly as the source wrote them, mask files become one RLE; a mask
+    whose size differs from the image is written resized to it (nearest), with ``mask_resized_from``.
+    """
+    segmentation = mask.rle if isinstance(record.mask, MaskFile) else record.mask.segmentation
+    resized_from = None
+    if image.size is not None and mask.size is not None and image.size != mask.size:
+        decoded = decode_mask(record.mask) if mask.rle is None else decode_segmentation(mask.rle)
+        segmentation = encode_rle(resize_mask_nearest(decoded, image.size))
+        resized_from = list(mask.size)
     line: dict[str, Any] = {
         "split": record.split,
         "sample_id": record.sample_id,
@@ -287,9 +352,11 @@ def _jsonl_line(
         "sent": record.sentence,
         "file_name": record.file_name,
     }
-    if size is not None:
-        line["height"], line["width"] = size
+    if image.size is not None:
+        line["height"], line["width"] = image.size
     line["segmentation"] = segmentation
+    if resized_from is not None:
+        line["mask_resized_from"] = resized_from
     optional = {
         "category_name": record.category,
         "category_id": record.category_id,
@@ -299,10 +366,6 @@ def _jsonl_line(
     }
     line.update({k: v for k, v in optional.items() if v is not None})
     return line
-
-
-def _hw(size: Sequence[int]) -> str:
-    return f"{size[0]}×{size[1]}"
 
 
 def format_report(report: PrepareReport, *, strict: bool = False) -> str:
@@ -324,6 +387,12 @@ def format_report(report: PrepareReport, *, strict: bool = False) -> str:
         rows.append(
             f"known-bad names not found in the checked splits: {', '.join(report.known_bad_not_found)}"
         )
+    for split, ids in report.skipped_size_mismatch.items():
+        if ids:
+            rows.append(
+                f"left out in {split} for a size mismatch (data.size_mismatch=skip, {len(ids)} samples): "
+                + ", ".join(ids)
+            )
     by_kind: dict[str, list[Defect]] = defaultdict(list)
     for defect in report.defects:
         by_kind[defect.kind].append(defect)
@@ -331,7 +400,7 @@ def format_report(report: PrepareReport, *, strict: bool = False) -> str:
         found = by_kind.get(kind)
         if not found:
             continue
-        level = "ERROR" if kind in ERROR_KINDS else "warning"
+        level = "ERROR" if found[0].is_error else "warning"  # one level per kind within a run
         rows.append(f"{level} {kind}: {len(found)}")
         rows.extend(f"  {d.message}" for d in found[:_EXAMPLES_PRINTED])
         if len(found) > _EXAMPLES_PRINTED:

@@ -13,13 +13,25 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from rsrefseg.data.decode import decode_mask, load_image
-from rsrefseg.data.records import MaskFile, ReferringRecord, require_file
+from rsrefseg.data.decode import decode_mask, load_image, resize_mask_nearest
+from rsrefseg.data.file_check import (
+    SIZE_MISMATCH_POLICIES,
+    SampleSizes,
+    SizeMismatch,
+    apply_size_policy,
+    mask_name,
+    read_sample_sizes,
+)
+from rsrefseg.data.records import CocoSegmentation, ReferringRecord, require_choice
 from rsrefseg.data.transforms import Sample, check_output
 
 
 class ReferringDataset(Dataset):
     """Decoded, transformed samples of a list of `ReferringRecord`s.
+
+    Building it checks every file the records point at from the headers (`rsrefseg.data.file_check`):
+    a missing or unreadable file fails here, before any step, with every bad file named. Samples
+    whose mask or stated size differs from the image follow ``size_mismatch``.
 
     Args:
         records: One split's records, in the order they are served (val / test order is this order).
@@ -27,9 +39,17 @@ class ReferringDataset(Dataset):
         keep_original_mask: Put ``original_mask`` into items (needed to score val / test at the
             original size; training can drop it to move less memory).
         name: Shown in ``repr`` and errors, e.g. ``"RefSegRS train"``.
+        size_mismatch: ``resize_mask`` (the mask is resized to the image, nearest, as the authors'
+            release does; scoring at the original size then uses that mask), ``skip`` (such samples
+            are left out) or ``error``. Either way they are logged once, here.
+        check_files: Read every file's header now (False: files are first opened when loaded, and
+            ``skip`` cannot know which samples to leave out).
+        check_threads: Threads reading headers (default: 4 per CPU, at most 16).
 
     Raises:
-        ValueError: If ``records`` mix splits or repeat a sample id.
+        ValueError: If ``records`` mix splits or repeat a sample id, or ``size_mismatch`` is unknown
+            or ``skip`` without ``check_files``.
+        DataFilesError: Naming every missing or unreadable file, or (``error``) every size mismatch.
     """
 
     def __init__(
@@ -39,14 +59,28 @@ class ReferringDataset(Dataset):
         transform: Callable[[Sample], Sample],
         keep_original_mask: bool = True,
         name: str = "",
+        size_mismatch: SizeMismatch = "resize_mask",
+        check_files: bool = True,
+        check_threads: int | None = None,
     ) -> None:
-        self.records = list(records)
-        splits = sorted({r.split for r in self.records})
+        records = list(records)
+        splits = sorted({r.split for r in records})
         if len(splits) > 1:
             raise ValueError(f"{name or 'records'} mix splits {splits}; give one split per dataset")
-        repeated = [sid for sid, n in Counter(r.sample_id for r in self.records).items() if n > 1]
+        repeated = [sid for sid, n in Counter(r.sample_id for r in records).items() if n > 1]
         if repeated:
             raise ValueError(f"{name or 'records'} repeat sample ids {repeated[:5]}; ids must be unique")
+        require_choice("size_mismatch", size_mismatch, SIZE_MISMATCH_POLICIES)
+        if size_mismatch == "skip" and not check_files:
+            raise ValueError("size_mismatch=skip needs check_files=True: the sizes decide what is left out")
+        mismatched: list[ReferringRecord] = []
+        if check_files:
+            sizes = read_sample_sizes(records, name=name, threads=check_threads)
+            records, mismatched = apply_size_policy(records, sizes, policy=size_mismatch, name=name)
+        self.records = records
+        #: ids of the samples whose sizes disagreed: resized (``resize_mask``) or left out (``skip``)
+        self.size_mismatched = [r.sample_id for r in mismatched]
+        self.size_mismatch = size_mismatch
         self.transform = transform
         self.keep_original_mask = keep_original_mask
         self.name = name
@@ -69,25 +103,26 @@ class ReferringDataset(Dataset):
 
         Raises:
             IndexError: If ``index`` is outside ``[0, len)``.
-            FileNotFoundError / ValueError: Naming the sample and file that is missing, unreadable,
-                or whose mask and image sizes disagree.
+            FileNotFoundError / ValueError: Naming the sample, where its index lists it and the file
+                or segmentation that is missing or undecodable, or whose size disagrees with the
+                image (under ``size_mismatch`` other than ``resize_mask``).
         """
         if not 0 <= index < len(self.records):
             raise IndexError(f"index {index} is out of range for {self!r}")
         record = self.records[index]
-        image = load_image(record.image_path)
-        mask = decode_mask(record.mask)
+        image = _named(record, load_image, record.image_path)
+        mask = _named(record, decode_mask, record.mask)
         height, width = image.shape[:2]
-        if record.original_size is not None and tuple(record.original_size) != (height, width):
-            raise ValueError(
-                f"sample {record.sample_id}: image {record.image_path} is {height}×{width}, but its "
-                f"index states {record.original_size[0]}×{record.original_size[1]}"
-            )
-        if mask.shape != (height, width):
-            raise ValueError(
-                f"sample {record.sample_id}: mask {_describe(record)} is {mask.shape[0]}×{mask.shape[1]}, "
-                f"image {record.image_path} is {height}×{width}"
-            )
+        sizes = SampleSizes((height, width), mask.shape, record.original_size)
+        if sizes.mismatched:
+            if self.size_mismatch != "resize_mask":
+                # the build-time check left such samples out or refused them: the files changed since
+                raise ValueError(
+                    f"sample {sizes.describe(record)} (data.size_mismatch={self.size_mismatch}; "
+                    "found when loading: did the files change after the split was built?)"
+                )
+            if mask.shape != (height, width):
+                mask = resize_mask_nearest(mask, (height, width))
         sample = self.transform(
             {
                 "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
@@ -111,14 +146,17 @@ class ReferringDataset(Dataset):
         return item
 
     def describe(self) -> dict[str, Any]:
-        """Index statistics (no image is opened): samples, images, sentence length, categories."""
+        """Index statistics (no image is opened): samples, images, sentence length, categories, and
+        the samples whose sizes disagreed (``size_mismatch/resized`` or ``size_mismatch/skipped``)."""
         words = [len(r.sentence.split()) for r in self.records]
         categories = {r.category for r in self.records if r.category is not None}
+        handled = "resized" if self.size_mismatch == "resize_mask" else "skipped"
         return {
             "num_samples": len(self.records),
             "num_images": len({r.image_path for r in self.records}),
             "mean_sentence_words": sum(words) / len(words) if words else 0.0,
             "num_categories": len(categories),
+            "size_mismatch": {handled: len(self.size_mismatched)},
         }
 
 
@@ -129,11 +167,13 @@ def referring_split(
     transform: Callable[[Sample], Sample],
     keep_original_mask: bool = True,
     name: str = "",
+    size_mismatch: SizeMismatch = "resize_mask",
 ) -> ReferringDataset:
     """One split as a dataset: ``reader(split=split)``'s records under ``transform``.
 
     The data configs' split factories (``_partial_: true``) call this, so a split's index is read
-    when the datamodule sets the split up, not when the config is instantiated.
+    and its files checked (every header; see `ReferringDataset`) when the datamodule sets the
+    split up, not when the config is instantiated.
 
     Args:
         reader: A configured reader (``functools.partial`` of ``read_<layout>``) taking ``split``.
@@ -141,20 +181,24 @@ def referring_split(
         transform: The split's transform, ending with `ResizePad`.
         keep_original_mask: See `ReferringDataset`.
         name: The dataset's name for messages (the split is appended).
+        size_mismatch: ``resize_mask`` | ``skip`` | ``error`` (``data.size_mismatch``).
     """
     records = reader(split=split)
-    name = f"{name} {split}".strip()
-    if records:
-        # Readers parse the index without opening files (`rsrefseg-prepare` checks them all); one
-        # spot check here makes a wrong folder name or file suffix fail now, naming the path tried,
-        # rather than in a loader worker at the first batch.
-        first = records[0]
-        require_file(first.image_path, what=f"{name} image of the first sample {first.sample_id}")
-        if isinstance(first.mask, MaskFile):
-            require_file(first.mask.path, what=f"{name} mask of the first sample {first.sample_id}")
-    return ReferringDataset(records, transform=transform, keep_original_mask=keep_original_mask, name=name)
+    return ReferringDataset(
+        records,
+        transform=transform,
+        keep_original_mask=keep_original_mask,
+        name=f"{name} {split}".strip(),
+        size_mismatch=size_mismatch,
+    )
 
 
-def _describe(record: ReferringRecord) -> str:
-    path = getattr(record.mask, "path", None)
-    return str(path) if path is not None else f"(segmentation of {record.file_name})"
+def _named(record: ReferringRecord, load: Callable[[Any], Any], what: Any) -> Any:
+    """``load(what)``, with an error naming the sample and where its index lists it."""
+    try:
+        return load(what)
+    except (FileNotFoundError, ValueError) as err:
+        where = f" ({record.source})" if record.source else ""
+        # file errors name their path already; a segmentation is named by its annotation
+        subject = f"{mask_name(what, record)}: " if isinstance(what, CocoSegmentation) else ""
+        raise type(err)(f"sample {record.sample_id}{where}: {subject}{err}") from err

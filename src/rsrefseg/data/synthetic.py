@@ -515,7 +515,7 @@ class SyntheticRefSegDataset(Dataset):
 def export_unified_jsonl(
     generator: SyntheticSceneGenerator, *, split_sizes: Mapping[str, int], out_dir: Path
 ) -> dict[str, Path]:
-    """Write samples as the unified JSONL + PNG layout (see DATA.md).
+    """Write samples as the unified JSONL + PNG layout (docs/data.md §7; the command: docs/data.md §11).
 
     Writes ``out_dir/images/<sample_id>.png`` and ``out_dir/<split>.jsonl``, one object per line
     with ``split, sample_id, image_id, sent, file_name`` (relative to ``images/``), ``height, width``,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +36,23 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
+#: how `ResizePad` resizes the mask to the model input
+MaskResize = Literal["bilinear", "nearest"]
+MASK_RESIZES: tuple[str, ...] = get_args(MaskResize)
+
+
 class ResizePad:
     """Resize so the long side is ``size`` (aspect kept), place top-left on a zero ``size``×``size`` canvas.
 
-    The image is resized bilinearly with antialiasing; the mask the same way, then thresholded at
-    0.5 so that it stays binary. Pixels outside the content are padding: ``valid`` is False there
-    and losses / metrics must ignore them.
+    The image is resized bilinearly with antialiasing. The mask, by default, the same way and then
+    thresholded at 0.5, so that it stays binary and a thin object shrunk below a pixel keeps its
+    majority pixels; ``mask_resize="nearest"`` picks the nearest source pixel instead, as the
+    authors' release does (OpenCV's rule). Pixels outside the content are padding: ``valid`` is
+    False there and losses / metrics must ignore them.
 
     Args:
         size: Side ``S`` of the square model input.
+        mask_resize: ``bilinear`` (antialiased, then >= 0.5) or ``nearest`` (``data.mask_resize``).
 
     Returns (from ``__call__``):
         The sample with ``image`` 3×S×S, ``mask`` 1×S×S (0 on padding), ``valid`` bool 1×S×S,
@@ -52,10 +60,13 @@ class ResizePad:
         the incoming mask, i.e. the ground truth at the original size.
     """
 
-    def __init__(self, *, size: int) -> None:
+    def __init__(self, *, size: int, mask_resize: MaskResize = "bilinear") -> None:
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"size={size!r}; expected a positive integer")
+        if mask_resize not in MASK_RESIZES:
+            raise ValueError(f"mask_resize={mask_resize!r}; expected one of {list(MASK_RESIZES)}")
         self.size = size
+        self.mask_resize = mask_resize
 
     def content_size(self, height: int, width: int) -> tuple[int, int]:
         """``(h, w)`` of an ``height``×``width`` image resized so that its long side is ``size``."""
@@ -69,7 +80,10 @@ class ResizePad:
         h, w = self.content_size(*image.shape[-2:])
         if (h, w) != tuple(image.shape[-2:]):
             image = _resize(image, (h, w)).clamp_(0.0, 1.0)
-            resized_mask = (_resize(mask, (h, w)) >= 0.5).float()
+            if self.mask_resize == "nearest":
+                resized_mask = F.interpolate(mask[None], size=(h, w), mode="nearest")[0]
+            else:
+                resized_mask = (_resize(mask, (h, w)) >= 0.5).float()
         else:
             resized_mask = mask
         s = self.size
@@ -89,7 +103,7 @@ class ResizePad:
         }
 
     def __repr__(self) -> str:
-        return f"ResizePad(size={self.size})"
+        return f"ResizePad(size={self.size}, mask_resize={self.mask_resize!r})"
 
 
 def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

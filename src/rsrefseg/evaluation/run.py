@@ -1,6 +1,7 @@
 """Score a checkpoint on one split (``rsrefseg-eval``): the metrics table as Markdown and JSON.
 
-The network is rebuilt from the configuration stored in the checkpoint and loaded strictly.
+The network is rebuilt from the configuration stored in the checkpoint and loaded strictly; the
+data is the checkpoint's own unless the command line composes another (``data=<name>``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,38 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 
-from rsrefseg.build import build_datamodule, build_trainer, prepare_process
+from rsrefseg.config.build import build_datamodule, build_trainer
 from rsrefseg.evaluation.passes import evaluate_splits
+from rsrefseg.evaluation.provenance import describe, eval_data_config, scored_on
 from rsrefseg.evaluation.results import plain_lines, print_table, save_results
+from rsrefseg.process import prepare_process
 from rsrefseg.training.checkpoint_files import load_module, read_checkpoint
+from rsrefseg.training.status import recorded_status
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt_path`` on ``cfg.split``; returns the payload written to ``metrics_<split>.json``.
+
+    The run folder's ``status.json`` says whether the evaluation is running, completed or failed.
+    """
     prepare_process()
+    with recorded_status(cfg.paths.output_dir, enabled=pl.utilities.rank_zero_only.rank == 0) as status:
+        payload = _evaluate(cfg)
+        status.update(checkpoint=payload["checkpoint"], split=cfg.split)
+    return payload
+
+
+def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    # the data config follows the network it feeds (data.image_size: ${model.sam.image_size})
+    run_config = checkpoint["rsrefseg_config"]
+    data, data_source = eval_data_config(cfg.get("data"), run_config, source=str(cfg.ckpt_path))
     with open_dict(cfg):
-        cfg.model = checkpoint["rsrefseg_config"]["model"]
+        # a composed data config follows the network it feeds (data.image_size: ${model.sam.image_size})
+        cfg.model = run_config["model"]
+        cfg.data = data
     datamodule = build_datamodule(cfg.data)
     module = load_module(checkpoint, datamodule, metrics=cfg.metrics)
     trainer = build_trainer(cfg, callbacks=[], loggers=[])
@@ -38,9 +56,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         shuffled_sentences=cfg.shuffled_sentence_test,
         baselines=cfg.trivial_baselines,
     )
-    payload = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "metrics": columns}
+    record = scored_on(cfg.data, cfg.metrics, split=cfg.split, data_config=data_source)
+    payload = {"checkpoint": str(cfg.ckpt_path), "scored_on": record, "metrics": columns}
     if trainer.is_global_zero:
-        title = f"{cfg.split} split — {cfg.ckpt_path}, scored at the {cfg.metrics.resolution} size"
+        title = f"{describe(record)} — {cfg.ckpt_path}"
         print_table(columns, title=title)
         print(plain_lines(cfg.split, columns[cfg.split]))
         path = save_results(cfg.paths.output_dir, payload, columns, stem=f"metrics_{cfg.split}", title=title)

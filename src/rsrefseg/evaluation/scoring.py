@@ -3,7 +3,7 @@
 Items carry ``content_size`` (h, w): the resized image occupies the top-left h×w of the S×S input
 canvas and the rest is padding. Scoring never looks at padding:
 
-- ``original`` (default, METHOD.md §5): logits → bilinear to S×S → crop h×w → bilinear to the
+- ``original`` (default, docs/metrics.md): logits → bilinear to S×S → crop h×w → bilinear to the
   original H×W → sigmoid > threshold, against the original-size ground truth ``original_mask``.
 - ``input`` (the LAVT / RMSIN convention, usually with inclusive Pr@X): the cropped h×w
   prediction against the input-size ground truth ``mask`` cropped the same way.
@@ -72,12 +72,22 @@ def _content_size(item: Mapping[str, Any], index: int | None, canvas_size: int) 
 def score_batch(
     logits: Tensor, batch: Mapping[str, Any], *, resolution: Resolution, threshold: float = 0.5
 ) -> tuple[list[Tensor], list[Tensor]]:
-    """Predictions and targets of a collated batch at the chosen resolution (see the module docstring)."""
+    """Predictions and targets of a collated batch at the chosen resolution (see the module docstring).
+
+    Raises:
+        ValueError: ``resolution`` is ``original`` but the batch carries no ``original_mask``.
+    """
     check_resolution(resolution)
     canvas = batch["image"].shape[-1]
     count = batch["image"].shape[0]
     contents = [_content_size(batch, i, canvas) for i in range(count)]
-    if resolution == "original" and batch.get("original_mask") is not None:
+    if resolution == "original":
+        if batch.get("original_mask") is None:
+            # scoring the input-size masks instead would report input-size numbers as original-size ones
+            raise ValueError(
+                "metrics.resolution=original needs items with 'original_mask' (the ground truth at the "
+                "original size); this batch has none: score with metrics.resolution=input"
+            )
         targets = [t.bool().reshape(t.shape[-2:]) for t in batch["original_mask"]]
     else:
         targets = [m[0, :h, :w] > 0.5 for m, (h, w) in zip(batch["mask"], contents, strict=True)]

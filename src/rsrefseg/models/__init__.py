@@ -2,7 +2,7 @@
 
 from rsrefseg.models.clip_encoder import ClipEncoder, TextEncoding, build_open_clip_model, build_tokenizer
 from rsrefseg.models.finetune import LoraSettings, configure_finetuning, parameter_report
-from rsrefseg.models.prompter import ActivationV1Prompter, CascadedPrompter, PrompterOutput
+from rsrefseg.models.prompter import ActivationV1Prompter, CascadedPrompter, Prompter, PrompterOutput
 from rsrefseg.models.rsrefseg2 import RSRefSeg2, RSRefSeg2Output
 from rsrefseg.models.sam2_backbone import Sam2Backbone, Sam2Features, build_sam2
 from rsrefseg.models.sam_backbone import SamBackbone, build_sam_vit
@@ -12,6 +12,7 @@ __all__ = [
     "CascadedPrompter",
     "ClipEncoder",
     "LoraSettings",
+    "Prompter",
     "PrompterOutput",
     "RSRefSeg2",
     "RSRefSeg2Output",

@@ -111,7 +111,7 @@ class MLPLayer(nn.Module):
 
 
 class CrossAttentionMLP(nn.Module):
-    """Cross-attention followed by an MLP, each post-norm residual: the "(+MLP)" unit of METHOD.md §2."""
+    """Cross-attention then an MLP, each post-norm residual: the "(+MLP)" unit of docs/method.md §2.1."""
 
     def __init__(self, q_dim: int, kv_dim: int, *, internal_dim: int, num_heads: int, mlp_dim: int) -> None:
         super().__init__()

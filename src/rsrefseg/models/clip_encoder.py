@@ -98,11 +98,12 @@ class ClipEncoder(nn.Module):
     The dimensions are stated in the config (the prompter interpolates them) and checked here
     against the built model, so a mismatch fails at construction rather than at step 1.
 
-    Text padding follows the text tower (METHOD.md §6 flaw 1: a sentence's embedding must not depend
+    Text padding follows the text tower (docs/deviations.md §1: a sentence's embedding must not depend
     on the rest of the batch). A causal tower pooling a real token (OpenAI CLIP: EOT) never lets valid
     tokens see padding, so batches are trimmed to their longest sentence. A bidirectional tower that
     pools the last position (SigLIP) was trained on sequences padded to its full context, so every
-    sentence is padded to that context. Longer text is truncated to the context (flaw 6).
+    sentence is padded to that context, unless ``pad_to_longest`` reproduces the release. Longer
+    text is truncated to the context (flaw 6).
 
     Args:
         model: an ``open_clip.CLIP`` or ``open_clip.CustomTextCLIP`` (timm ViT image tower).
@@ -114,9 +115,16 @@ class ClipEncoder(nn.Module):
         image_size: the CLIP input side images are resized to.
         pad_token_id: the tokenizer's padding id; None = ask the tokenizer (0 for open_clip's BPE).
         lora_targets: regular expressions (peft full-match) over module names inside ``model`` that
-            get LoRA in ``finetune=lora``; None = the family's vision and text attention (METHOD.md §4).
+            get LoRA in ``finetune=lora``; None = the family's vision and text attention (docs/method.md §6).
         lora_text_projection: also adapt the text projection (a bare matrix gets
             :class:`ProjectionLoRA`; an ``nn.Linear`` projection is targeted by name instead).
+        pad_to_longest: True reproduces the release: every tower's text is padded to the batch's
+            longest sentence, so a bidirectional tower (SigLIP) attends to a batch-dependent number
+            of pads and pools the last position — a pad for all but the longest sentences — and a
+            sentence's encoding depends on its batch. False (ours): see above.
+        antialias: antialias the bilinear resize to CLIP's input (as CLIP's own preprocessing
+            does). False reproduces the release's plain bilinear resize, which aliases when it
+            downsamples (1024 → 512 px for the paper's model).
     """
 
     def __init__(
@@ -132,6 +140,8 @@ class ClipEncoder(nn.Module):
         pad_token_id: int | None = None,
         lora_targets: Sequence[str] | None = None,
         lora_text_projection: bool = True,
+        pad_to_longest: bool = False,
+        antialias: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -153,7 +163,10 @@ class ClipEncoder(nn.Module):
         check_dimensions("ClipEncoder", stated, actual)
 
         text = self.text_tower
-        self.pads_to_context = not text.is_causal(model) or text.pool_type(model) == "last"
+        self.pads_to_context = not pad_to_longest and (
+            not text.is_causal(model) or text.pool_type(model) == "last"
+        )
+        self.antialias = antialias
         self.context_length = text.context_length(model)
         self._check_tokenizer_context(getattr(tokenizer, "context_length", None))
         tokenizer_pad, self.eos_token_id = tokenizer_special_ids(tokenizer)
@@ -204,7 +217,7 @@ class ClipEncoder(nn.Module):
                 self.model.logit_bias.requires_grad_(False)
 
     def freeze_pretrained(self) -> None:
-        """Freeze the CLIP towers; the logit scale and bias stay trainable (METHOD.md §4)."""
+        """Freeze the CLIP towers; the logit scale and bias stay trainable (docs/method.md §6)."""
         self.model.requires_grad_(False)
         self._train_logit_scale_and_bias()
 
@@ -229,7 +242,13 @@ class ClipEncoder(nn.Module):
                 self.projection_lora = adapter.to(proj)
             else:
                 targets.append(re.escape(f"{text_path}." if text_path else "") + "text_projection")
-        inject_lora(self.model, targets, settings, config_key="model.clip.lora_targets")
+        inject_lora(
+            self.model,
+            targets,
+            settings,
+            config_key="model.clip.lora_targets",
+            split_fused_qkv=settings.split_qkv,
+        )
         # peft marks every non-adapter weight of the model it injects into as frozen
         self._train_logit_scale_and_bias()
 
@@ -246,7 +265,7 @@ class ClipEncoder(nn.Module):
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns V0, B×g²×C_v patch tokens after the final norm."""
-        images = resize_square(images, self.image_size)
+        images = resize_square(images, self.image_size, antialias=self.antialias)
         return self.vision_tower.tokens(self.model.visual, (images - self.mean) / self.std)
 
     def tokenize(self, sentences: Sequence[str]) -> Tensor:

@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from open_clip.model import CLIP, CustomTextCLIP
 
+from rsrefseg.hub import hub_offline
 from rsrefseg.models.checkpoints import mark_pretrained
 
 PRETRAINED_KEY = "model.clip.model.pretrained"
@@ -34,8 +35,9 @@ def _plain(value: Any) -> Any:
 
 
 def _offline_note() -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
-    return " (HF_HUB_OFFLINE is set: nothing is downloaded)" if offline not in (None, "", "0") else ""
+    if not hub_offline():
+        return ""
+    return " (offline: rsrefseg sets HF_HUB_OFFLINE=1 unless it is set; HF_HUB_OFFLINE=0 downloads)"
 
 
 def _looks_like_path(value: str) -> bool:

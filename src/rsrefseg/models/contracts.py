@@ -20,8 +20,8 @@ def check_dimensions(component: str, stated: Mapping[str, Any], actual: Mapping[
         raise ValueError(f"{component} config disagrees with the built model (stated, actual): {wrong}")
 
 
-def resize_square(images: Tensor, size: int) -> Tensor:
-    """B×3×H×W → B×3×size×size (bilinear, antialiased); a no-op when already that size."""
+def resize_square(images: Tensor, size: int, *, antialias: bool = True) -> Tensor:
+    """B×3×H×W → B×3×size×size (bilinear, antialiased unless told not); a no-op when already that size."""
     if images.shape[-2:] == (size, size):
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)

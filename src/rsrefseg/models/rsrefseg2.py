@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from rsrefseg.models.clip_encoder import ClipEncoder
 from rsrefseg.models.finetune import FinetuneMode, LoraSettings, configure_finetuning
-from rsrefseg.models.prompter import PrompterOutput
+from rsrefseg.models.prompter import Prompter, PrompterOutput
+from rsrefseg.models.prompter.base import check_prompter
 from rsrefseg.models.sam_backbone import SamBackbone
 
 
@@ -29,37 +30,43 @@ class RSRefSeg2Output:
 
 
 class RSRefSeg2(nn.Module):
-    """The decoupled network of METHOD.md §1.
+    """The decoupled network of docs/method.md §1.
 
     Args:
         clip: the dual-modal encoder.
-        prompter: any prompter taking (V0, T, padding mask, t, logit scale, logit bias) → PrompterOutput.
+        prompter: any :class:`~rsrefseg.models.prompter.base.Prompter`: called with (V0, T, padding
+            mask, t, logit scale, logit bias) → PrompterOutput, declaring ``dense_head``,
+            ``emits_queries`` and ``uses_sentence``.
         sam: the segmenter.
         finetune: ``full`` | ``lora`` | ``frozen`` (see :func:`configure_finetuning`).
         lora: LoRA settings for ``finetune='lora'``.
+        require_pretrained: in ``lora`` / ``frozen`` mode, refuse a backbone without pretrained
+            weights instead of warning (the paper recipes: adapters on random features learn nothing).
     """
 
     def __init__(
         self,
         *,
         clip: ClipEncoder,
-        prompter: nn.Module,
+        prompter: Prompter,
         sam: SamBackbone,
         finetune: FinetuneMode = "full",
         lora: LoraSettings | dict | None = None,
+        require_pretrained: bool = False,
     ) -> None:
         super().__init__()
+        check_prompter(prompter)
         self.clip, self.prompter, self.sam = clip, prompter, sam
-        dense_head = getattr(prompter, "dense_head", None)
+        dense_head = prompter.dense_head
         if dense_head is not None and dense_head.mask_size != sam.mask_size:
             raise ValueError(
                 f"prompter dense prompt is {dense_head.mask_size}² but SAM's mask input is {sam.mask_size}²"
             )
-        configure_finetuning(self, finetune, lora)
+        configure_finetuning(
+            {"clip": clip, "sam": sam}, finetune, lora, require_pretrained=require_pretrained
+        )
         sam.freeze_unused(uses_dense=dense_head is not None)
-        # the pooled sentence and CLIP's logit scale / bias feed the dense prompt; a prompter that
-        # reads them otherwise says so with `uses_sentence = True`
-        clip.freeze_unused(uses_sentence=getattr(prompter, "uses_sentence", dense_head is not None))
+        clip.freeze_unused(uses_sentence=prompter.uses_sentence)
 
     def components(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by component, for reports: CLIP vision / text, the prompter, each part of SAM.

@@ -17,7 +17,7 @@ from rsrefseg.models.finetune import LoraSettings, inject_lora
 
 #: SAM 2 normalises inputs in [0, 1] with ImageNet statistics (sam2.utils.transforms.SAM2Transforms)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: LoRA placement in SAM 2's image encoder (METHOD.md §4): every Hiera block's attention qkv / proj
+#: LoRA placement in SAM 2's image encoder (docs/method.md §6): every Hiera block's attention qkv / proj
 #: (not ``blocks.N.proj``, the stage-change shortcut) and the FPN neck's lateral 1×1 convs.
 HIERA_LORA_TARGETS = (r"trunk\.blocks\.\d+\.attn\.(qkv|proj)", r"neck\.convs\.\d+\.conv")
 
@@ -123,8 +123,9 @@ class Sam2Backbone(nn.Module):
 
     Kept from ``SAM2Base``: the image encoder (Hiera trunk + FPN neck), prompt encoder, mask decoder
     and ``no_mem_embed``, which SAM 2 adds to the lowest-resolution feature of a frame without
-    memory (``directly_add_no_mem_embed``). It is frozen with the encoder outside ``full`` mode: a
-    constant channel bias the trained decoder can absorb. The video-memory modules are dropped.
+    memory (``directly_add_no_mem_embed``). By default it is frozen with the encoder outside ``full``
+    mode: a constant channel bias the trained decoder can absorb (``train_no_mem_embed`` trains it,
+    as the release does). The video-memory modules are dropped.
 
     Decoding is single-mask (mask token 0), one prompt set per image (``repeat_image=False``).
     SAM2Base's object-score gating (masks set to −1024 where the object-score logit is ≤ 0) is not
@@ -142,7 +143,9 @@ class Sam2Backbone(nn.Module):
             the authors' build, which keeps SAM 2's eval-only fallback: in eval mode, when token 0's
             mask is unstable (IoU of logits > 0.05 vs > −0.05 below 0.98), the multimask token with
             the highest predicted IoU is returned instead — tokens the referring loss never trains
-            (METHOD.md §3, §6 flaw 2). Training is unaffected either way.
+            (docs/method.md §5.2, docs/deviations.md §1). Training is unaffected either way.
+        train_no_mem_embed: keep ``no_mem_embed`` trainable in ``lora`` / ``frozen`` mode, as the
+            release does. False (ours) freezes it with the encoder. ``full`` mode trains it either way.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class Sam2Backbone(nn.Module):
         mask_size: int,
         lora_targets: Sequence[str] = HIERA_LORA_TARGETS,
         dynamic_multimask_via_stability: bool = False,
+        train_no_mem_embed: bool = False,
     ) -> None:
         super().__init__()
         if not (sam.use_high_res_features_in_sam and sam.directly_add_no_mem_embed):
@@ -171,6 +175,7 @@ class Sam2Backbone(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.prompt_dim, self.image_size, self.mask_size = prompt_dim, image_size, mask_size
         self.lora_targets = tuple(lora_targets)
+        self.train_no_mem_embed = train_no_mem_embed
         self.mask_decoder.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         actual = {
             "prompt_dim": self.mask_decoder.transformer_dim,
@@ -181,9 +186,10 @@ class Sam2Backbone(nn.Module):
         check_dimensions("Sam2Backbone", stated, actual)
 
     def freeze_pretrained(self) -> None:
-        """Freeze the image encoder and ``no_mem_embed``; prompt encoder and decoder stay trainable."""
+        """Freeze the image encoder and (unless ``train_no_mem_embed``) ``no_mem_embed``; the prompt
+        encoder and mask decoder stay trainable."""
         self.image_encoder.requires_grad_(False)
-        self.no_mem_embed.requires_grad_(False)
+        self.no_mem_embed.requires_grad_(self.train_no_mem_embed)
 
     def add_lora(self, settings: LoraSettings) -> None:
         """LoRA on the image encoder's ``lora_targets``."""

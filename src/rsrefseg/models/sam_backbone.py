@@ -95,7 +95,7 @@ class SamBackbone(nn.Module):
         image_size: SAM's input side (checked).
         mask_size: side of the mask prompt and of the output logits, 4 × the embedding grid (checked).
         lora_targets: regular expressions over module names inside the image encoder that get LoRA
-            in ``finetune=lora`` (METHOD.md §4: attention qkv / proj and the neck convs).
+            in ``finetune=lora`` (docs/method.md §6: attention qkv / proj and the neck convs).
     """
 
     def __init__(
@@ -126,7 +126,7 @@ class SamBackbone(nn.Module):
         check_dimensions("SamBackbone", stated, actual)
 
     def freeze_pretrained(self) -> None:
-        """Freeze the image encoder; the prompt encoder and mask decoder stay trainable (METHOD.md §4)."""
+        """Freeze the image encoder; prompt encoder and mask decoder stay trainable (docs/method.md §6)."""
         self.image_encoder.requires_grad_(False)
 
     def add_lora(self, settings: LoraSettings) -> None:

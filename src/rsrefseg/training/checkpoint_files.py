@@ -8,13 +8,14 @@ adapters or pretrained files. ``rsrefseg-eval ckpt_path=model_merged.ckpt`` scor
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from rsrefseg.build import build_module
+from rsrefseg.config.build import build_module
 from rsrefseg.io import atomic_open
 from rsrefseg.training.checkpointing import FULL, merge_lora, merged_run_config
 from rsrefseg.training.module import RefSegModule
@@ -22,16 +23,42 @@ from rsrefseg.training.module import RefSegModule
 log = logging.getLogger(__name__)
 
 
+#: what our checkpoint files hold at the top level
+EXPECTED = (
+    "a dict with 'state_dict' and 'rsrefseg_config' (a checkpoint written by rsrefseg-train or "
+    "rsrefseg-export)"
+)
+
+
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by ``rsrefseg-train`` / ``rsrefseg-export`` (with its run config)."""
+    """Read a checkpoint written by ``rsrefseg-train`` / ``rsrefseg-export`` (with its run config).
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file is empty, truncated or not a torch file, or holds something else
+            than our checkpoints (e.g. a plain state dict, or another project's Lightning file).
+    """
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (set ckpt_path=<file written by rsrefseg-train>)"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if not checkpoint.get("rsrefseg_config"):
-        raise ValueError(f"{path} holds no 'rsrefseg_config': it was not written by rsrefseg-train")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); expected {EXPECTED}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError) as error:
+        raise ValueError(
+            f"cannot read checkpoint {path} ({type(error).__name__}: {error}): the file is truncated, "
+            f"corrupt or not a torch file; expected {EXPECTED}"
+        ) from error
+    config = checkpoint.get("rsrefseg_config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or not config:
+        raise ValueError(
+            f"{path} is not an rsrefseg checkpoint: it holds {_summary(checkpoint)}; expected {EXPECTED}"
+        )
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path} holds no 'state_dict'; expected {EXPECTED}")
     checkpoint["rsrefseg_config"] = _renamed_targets(checkpoint["rsrefseg_config"])
     checkpoint["rsrefseg_source"] = str(path)
     return checkpoint
@@ -42,6 +69,15 @@ MOVED_MODULES = {
     "rsrefseg.losses.": "rsrefseg.training.losses.",
     "rsrefseg.schedule.": "rsrefseg.training.schedule.",
 }
+
+
+def _summary(content: Any) -> str:
+    """What a file holds instead of our checkpoint, for messages (a dict's first keys)."""
+    if isinstance(content, dict):
+        keys = list(content)
+        more = f", … ({len(keys)} keys)" if len(keys) > 6 else ""
+        return f"a dict with keys {', '.join(map(repr, keys[:6]))}{more}"
+    return f"a {type(content).__name__}"
 
 
 def _renamed_targets(node: Any) -> Any:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from rsrefseg.models.checkpoints import describe_key_mismatch, pretrained_prefixes
+from rsrefseg.models.fused_qkv_lora import merge_split_qkv
 
 #: value of ``checkpoint["rsrefseg_weights"]``: which weights a checkpoint holds
 TRAINABLE, FULL = "trainable", "full"
@@ -41,7 +42,13 @@ def select_state(module: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Te
 
 
 def check_checkpoint_state(
-    module: nn.Module, state: Mapping[str, Tensor], *, weights: str, source: str | Path
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    weights: str,
+    source: str | Path,
+    network: str = "its config's network",
+    hint: str = "",
 ) -> None:
     """Fail unless ``state`` has exactly the keys and shapes a checkpoint of ``module`` must have.
 
@@ -50,26 +57,54 @@ def check_checkpoint_state(
         state: the checkpoint's state dict.
         weights: ``trainable`` (our default) or ``full`` (every weight; merged exports, old runs).
         source: the checkpoint file, named in the error.
+        network: which network ``module`` is, for the error.
+        hint: appended to the error (e.g. how the configs differ).
     """
     if weights not in (TRAINABLE, FULL):
         raise ValueError(f"{source}: rsrefseg_weights={weights!r}; expected {TRAINABLE!r} or {FULL!r}")
     own = module.state_dict()
     problem = describe_key_mismatch(own, state, saved_keys(module) if weights == TRAINABLE else set(own))
     if problem:
-        raise ValueError(
-            f"checkpoint {source} ({weights} weights) does not fit its config's network: " + problem
-        )
+        raise ValueError(f"checkpoint {source} ({weights} weights) does not fit {network}: {problem}{hint}")
+
+
+def model_config_differences(
+    stored: Mapping[str, Any] | None, current: Mapping[str, Any], *, limit: int = 8
+) -> list[str]:
+    """The ``model.*`` values in which a checkpoint's stored run config and this run's config differ.
+
+    Returns:
+        ``"model.<key>: checkpoint <value>, this run <value>"`` per differing key (``limit`` at most,
+        then a count of the rest); empty when either config lacks a model node or the models agree.
+    """
+    if not (stored and stored.get("model") and current.get("model")):
+        return []
+    theirs, ours = _flatten(stored["model"], "model"), _flatten(current.get("model") or {}, "model")
+    absent = "(absent)"
+    keys = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k, absent) != ours.get(k, absent))
+    lines = [f"{k}: checkpoint {theirs.get(k, absent)!r}, this run {ours.get(k, absent)!r}" for k in keys]
+    return lines[:limit] + ([f"… (+{len(lines) - limit} more)"] if len(lines) > limit else [])
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}"))
+    return out
 
 
 def merge_lora(net: nn.Module) -> int:
     """Fold every LoRA adapter into its base weight and remove the adapter, in place.
 
-    Handles peft's LoRA layers (``merge()`` then unwrap to the base layer) and our
-    ``ProjectionLoRA`` on a bare text-projection matrix. Returns the number of adapters merged.
+    Handles peft's LoRA layers (``merge()`` then unwrap to the base layer), our split-q/k/v
+    adapters (``model.lora.split_qkv``) and our ``ProjectionLoRA`` on a bare text-projection
+    matrix. Returns the number of adapters merged.
     """
     from peft.tuners.lora import LoraLayer
 
-    merged = 0
+    merged = merge_split_qkv(net)
     while True:
         # outermost first, names re-read after each unwrap: peft nests adapters (its
         # MultiheadAttention wrapper holds a LoRA-wrapped out_proj) and merges the inner ones with it

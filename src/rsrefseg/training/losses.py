@@ -1,4 +1,4 @@
-"""Training losses: 5·BCE + 5·Dice + 0.5·L_orth + 0.5·L_ctr (METHOD.md §4).
+"""Training losses: 5·BCE + 5·Dice + 0.5·L_orth + 0.5·L_ctr (docs/losses.md §1).
 
 Every term is computed in float32: under bf16 autocast the sums over 1024² pixels and the
 InfoNCE logits lose too much precision otherwise.
@@ -73,7 +73,11 @@ class ContrastiveLoss(nn.Module):
         text_dim: Width C_t of the Q2 queries; v is projected by Linear(C_v→C_t) when they differ.
         init_temperature: Initial logit scale (the inverse temperature), 1/0.07 as in CLIP.
         max_temperature: Upper clamp of the logit scale; None leaves it unclamped (the release,
-            METHOD.md §6 flaw 5).
+            docs/deviations.md §1).
+        align_corners: How the GT is resized to the g×g grid. False (ours) samples each cell at its
+            centre, the point the CLIP patch token of that cell is centred on. True reproduces the
+            release, which samples cell i at pixel i·(H−1)/(g−1): the outer cells at the border
+            pixels, half a cell off their patch's centre, the offset shrinking towards the middle.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class ContrastiveLoss(nn.Module):
         text_dim: int,
         init_temperature: float = 1 / 0.07,
         max_temperature: float | None = 100.0,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         if not 0 < init_temperature <= (math.inf if max_temperature is None else max_temperature):
@@ -93,6 +98,7 @@ class ContrastiveLoss(nn.Module):
         self.vision_dim = vision_dim
         self.text_dim = text_dim
         self.max_temperature = max_temperature
+        self.align_corners = align_corners
         self.projection: nn.Module = (
             nn.Identity() if vision_dim == text_dim else nn.Linear(vision_dim, text_dim)
         )
@@ -123,7 +129,7 @@ class ContrastiveLoss(nn.Module):
             )
         if q2.shape[0] != batch or q2.shape[-1] != self.text_dim:
             raise ValueError(f"q2 must be {batch}×N×{self.text_dim}, got {tuple(q2.shape)}")
-        weights, has_target = _pooling_weights(masks, grid_size)
+        weights, has_target = _pooling_weights(masks, grid_size, align_corners=self.align_corners)
         # Autocast would run the projection and the similarity matmuls in bf16.
         with torch.autocast(device_type=vision_tokens.device.type, enabled=False):
             pooled = (vision_tokens.float() * weights[..., None]).sum(dim=1) / weights.sum(1, keepdim=True)
@@ -150,11 +156,11 @@ class ContrastiveLoss(nn.Module):
         return (per_sample * keep).sum() / keep.sum().clamp_min(1)
 
 
-def _pooling_weights(masks: Tensor, grid_size: int) -> tuple[Tensor, Tensor]:
+def _pooling_weights(masks: Tensor, grid_size: int, *, align_corners: bool = False) -> tuple[Tensor, Tensor]:
     """Binary pooling weights over the token grid, B×g² float, and a B bool "GT non-empty" flag."""
     masks = masks.float()
     size = (grid_size, grid_size)
-    bilinear = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).flatten(1)
+    bilinear = F.interpolate(masks, size=size, mode="bilinear", align_corners=align_corners).flatten(1)
     area = F.adaptive_avg_pool2d(masks, size).flatten(1)
     weights = (bilinear > 0.5).float()
     # Bilinear downsampling samples only a few pixels per cell and can miss a small object, while

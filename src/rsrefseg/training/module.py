@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -17,16 +16,47 @@ from rsrefseg.evaluation.baselines import BASELINES, update_baselines
 from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
 from rsrefseg.evaluation.scoring import Resolution, check_resolution, score_batch
 from rsrefseg.models import RSRefSeg2, parameter_report
-from rsrefseg.models.prompter.base import emits_queries
-from rsrefseg.training.checkpointing import FULL, TRAINABLE, check_checkpoint_state, select_state
+from rsrefseg.training.checkpointing import (
+    FULL,
+    TRAINABLE,
+    check_checkpoint_state,
+    model_config_differences,
+    select_state,
+)
 from rsrefseg.training.losses import ReferringLoss
+from rsrefseg.training.schedule import RunLength
 
 # Metric values are summed over ranks inside the Metric before they are logged; Lightning's advice
 # to add sync_dist would average already-global numbers.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+#: ``(optimizer, run=RunLength) → LRScheduler``, e.g. a partial of ``build_warmup_constant_cosine``
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def fit_length(trainer: pl.Trainer) -> RunLength:
+    """The fit's length in optimizer steps, and its epoch length where epochs bound the run.
+
+    Raises:
+        ValueError: nothing bounds the run (``trainer.max_epochs`` and ``trainer.max_steps`` are -1).
+    """
+    total = trainer.estimated_stepping_batches
+    if math.isinf(total):
+        raise ValueError(
+            "the learning-rate schedule is laid out over the run's length, and nothing bounds this run: "
+            f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps={trainer.max_steps}. "
+            "Set one of them (the paper's recipes set trainer.max_epochs=${recipe.epochs}, "
+            "the default run trainer.max_steps=1300)."
+        )
+    steps_per_epoch = None
+    if trainer.max_epochs not in (None, -1):
+        # estimating the steps counted the epoch's batches; with max_epochs=-1 it does not set the
+        # train data up, and neither does this (a step-bounded run starts its data as before)
+        batches = trainer.num_training_batches
+        if not math.isinf(batches):
+            steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+    return RunLength(total_steps=int(total), steps_per_epoch=steps_per_epoch)
 
 
 class RefSegModule(pl.LightningModule):
@@ -73,7 +103,7 @@ class RefSegModule(pl.LightningModule):
         # frozen pretrained weights are not in our checkpoints; on_load_checkpoint checks keys exactly
         self.strict_loading = False
         self.net, self.loss = net, loss
-        if not emits_queries(net.prompter) and loss.contrastive is not None:
+        if not net.prompter.emits_queries and loss.contrastive is not None:
             # the contrastive term never runs without Stage-0 queries; an unused trainable weight
             # would make DDP fail (no unused-parameter search)
             loss.contrastive.requires_grad_(False)
@@ -145,14 +175,7 @@ class RefSegModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        factory = self.scheduler_factory
-        keywords = getattr(factory, "keywords", {})
-        if keywords.get("unit") == "epoch" and keywords.get("steps_per_epoch") is None:
-            # epoch-based recipes need the optimizer steps per epoch, known only once data is set up
-            epochs = max(self.trainer.max_epochs or 1, 1)
-            steps = max(1, math.ceil(self.trainer.estimated_stepping_batches / epochs))
-            factory = functools.partial(factory, steps_per_epoch=steps)
-        scheduler = factory(optimizer)
+        scheduler = self.scheduler_factory(optimizer, run=fit_length(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -162,12 +185,22 @@ class RefSegModule(pl.LightningModule):
             checkpoint["state_dict"] = select_state(self, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning loads non-strictly (strict_loading=False); the exact key check happens here
+        # Lightning loads non-strictly (strict_loading=False); the exact key check happens here.
+        # A resume (ckpt_path=…) builds the network from this run's config, not the checkpoint's.
+        source = (self._trainer.ckpt_path if self._trainer is not None else None) or "(being restored)"
+        differences = model_config_differences(checkpoint.get("rsrefseg_config"), self.run_config)
+        hint = (
+            ". This run's config differs from the one stored in the checkpoint in: " + "; ".join(differences)
+            if differences
+            else ""
+        )
         check_checkpoint_state(
             self,
             checkpoint["state_dict"],
             weights=checkpoint.get("rsrefseg_weights", FULL),
-            source="the checkpoint being restored",
+            source=source,
+            network="this run's network",
+            hint=hint,
         )
 
     def load_checkpoint_state(self, checkpoint: Mapping[str, Any], *, source: str | Path) -> None:

@@ -12,18 +12,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from rich.console import Console
 from rich.table import Table
 
-from rsrefseg.build import (
+from rsrefseg.config.build import (
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_module,
     build_trainer,
     finish_loggers,
-    prepare_process,
 )
 from rsrefseg.evaluation.passes import evaluate_splits
+from rsrefseg.evaluation.provenance import COMMAND_LINE, describe, scored_on
 from rsrefseg.evaluation.results import plain_lines, print_table, save_results
 from rsrefseg.io import atomic_write_text
+from rsrefseg.process import prepare_process
+from rsrefseg.training.status import recorded_status
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +69,23 @@ def _format(value: Any) -> str:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; returns the results payload (also written to ``metrics.json``)."""
+    """Run one training job; returns the results payload (also written to ``metrics.json``).
+
+    The run folder's ``status.json`` says whether the job is running, completed, failed (with the
+    error) or was interrupted (:mod:`rsrefseg.training.status`).
+    """
     prepare_process()
-    pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
     is_rank_zero = pl.utilities.rank_zero_only.rank == 0
+    with recorded_status(output_dir, enabled=is_rank_zero) as status:
+        payload = _train(cfg, output_dir, is_rank_zero)
+        status.update(best_checkpoint=payload["best_checkpoint"], global_step=payload["global_step"])
+    return payload
+
+
+def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, workers=True)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
     if is_rank_zero:
         atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(run_config))
 
@@ -104,8 +117,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"selection/{cfg.select_on}_gIoU": float(best_score) if best_score is not None else None,
             "global_step": trainer.global_step,
             "data": data_report,
+            "scored_on": scored_on(cfg.data, cfg.metrics, split="test", data_config=COMMAND_LINE),
         }
-        title = f"test split — selected on {cfg.select_on}, scored at the {cfg.metrics.resolution} size"
+        title = f"{describe(payload['scored_on'])} — selected on {cfg.select_on}"
         if cfg.test_after_fit:
             if not best_path:
                 log.warning(

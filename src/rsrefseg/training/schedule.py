@@ -1,21 +1,39 @@
-"""The paper's learning-rate schedule: linear warm-up, constant, then cosine (METHOD.md §4).
+"""The paper's learning-rate schedule: linear warm-up, constant, then cosine (docs/method.md).
 
 It reproduces the release's mmengine chain — LinearLR(start_factor=0.01, per step) over the
 warm-up, a constant phase, then CosineAnnealingLR(begin=0.1·E, T_max=1.3·E or 1.8·E,
 eta_min=0.01·lr) stepped per *epoch*. Because T_max exceeds the remaining epochs, the cosine does
 not reach eta_min by the last epoch; that is the recipe, not a bug.
+
+The phases are stated in the config (in epochs or steps); the run's length — how many optimizer
+steps an epoch takes — comes from the trainer at fit time, as a :class:`RunLength`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 Unit = Literal["epoch", "step"]
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long a fit runs, in optimizer steps.
+
+    Attributes:
+        total_steps: optimizer steps of the whole fit, > 0.
+        steps_per_epoch: optimizer steps per epoch, > 0; None when the run is bounded by
+            ``trainer.max_steps`` alone and the epoch length was not counted.
+    """
+
+    total_steps: int
+    steps_per_epoch: int | None
 
 
 def warmup_constant_cosine_factor(
@@ -80,7 +98,7 @@ def warmup_constant_cosine_factor(
 def build_warmup_constant_cosine(
     optimizer: Optimizer,
     *,
-    steps_per_epoch: int | None,
+    run: RunLength,
     warmup_epochs: float,
     constant_until_epoch: float,
     t_max_epochs: float,
@@ -95,7 +113,7 @@ def build_warmup_constant_cosine(
 
     Args:
         optimizer: The optimizer whose groups' initial lr are the base learning rates.
-        steps_per_epoch: See :func:`warmup_constant_cosine_factor`.
+        run: The fit's length; ``unit="epoch"`` places its phases with ``run.steps_per_epoch``.
         warmup_epochs: See :func:`warmup_constant_cosine_factor`.
         constant_until_epoch: See :func:`warmup_constant_cosine_factor`.
         t_max_epochs: See :func:`warmup_constant_cosine_factor`.
@@ -106,8 +124,17 @@ def build_warmup_constant_cosine(
     Returns:
         The scheduler; it has already set every group's lr to ``start_factor`` × base lr.
     """
+    if run.total_steps <= 0:
+        raise ValueError(f"the run must have at least one optimizer step, got {run.total_steps}")
+    if unit == "epoch" and run.steps_per_epoch is None:
+        raise ValueError(
+            "scheduler.unit='epoch' places the schedule's phases in epochs, but this run is bounded by "
+            "trainer.max_steps alone (trainer.max_epochs=-1), so its epoch length was not counted: set "
+            "trainer.max_epochs (trainer.max_steps may still cap it), or state the phases in steps "
+            "with scheduler.unit=step"
+        )
     kwargs = {
-        "steps_per_epoch": steps_per_epoch,
+        "steps_per_epoch": run.steps_per_epoch if unit == "epoch" else None,
         "warmup_epochs": warmup_epochs,
         "constant_until_epoch": constant_until_epoch,
         "t_max_epochs": t_max_epochs,

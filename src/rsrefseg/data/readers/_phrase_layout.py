@@ -12,11 +12,14 @@ from pathlib import Path
 
 from rsrefseg.data.records import (
     MaskFile,
+    MaskRule,
     ReferringRecord,
+    SentenceSpaces,
     make_sample_id,
     normalise_sentence,
     require_dir,
     require_file,
+    require_sentences,
     require_split,
     skip_known_bad,
 )
@@ -33,6 +36,10 @@ def read_phrase_layout(
     image_suffix: str,
     mask_suffix: str,
     skip_files: Sequence[str],
+    skip_samples: Sequence[str] = (),
+    sentence_spaces: SentenceSpaces = "collapse",
+    mask_rule: MaskRule = "threshold",
+    check_sentences: bool = True,
 ) -> list[ReferringRecord]:
     """Records of one split of a phrase-file layout, in phrase-file order.
 
@@ -46,13 +53,18 @@ def read_phrase_layout(
         image_suffix: Appended to a line's name to get the image file name.
         mask_suffix: Appended to a line's name to get the mask file name.
         skip_files: Known-bad image names (or stems) left out.
+        skip_samples: Further sample ids, image names or stems left out.
+        sentence_spaces: ``collapse`` (single spaces) or ``keep``: the text after the first space
+            of the stripped line, as the authors' release takes it.
+        mask_rule: How mask values become the object (`MaskFile.rule`).
+        check_sentences: Fail on a kept line without expression (``rsrefseg-prepare`` reports them).
 
     Returns:
         The split's records (``original_size`` None: only the images know it).
 
     Raises:
         FileNotFoundError: If the root, a folder or the phrase file is missing.
-        ValueError: If a line has no expression or the split lists no sample.
+        ValueError: If a kept line has no expression (all such lines named) or the split lists no sample.
     """
     require_split(split)
     root = require_dir(Path(root).expanduser(), what=f"{layout} root folder", hint=_ROOT_HINT)
@@ -64,10 +76,12 @@ def read_phrase_layout(
     for line_number, line in enumerate(phrases.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        name, *words = line.split(maxsplit=1)
-        sentence = normalise_sentence(words[0] if words else "")
-        if not sentence:
-            raise ValueError(f"{phrases}:{line_number}: {line!r} has no expression after the name {name!r}")
+        if sentence_spaces == "keep":
+            name, _, text = line.strip().partition(" ")
+        else:
+            name, *words = line.split(maxsplit=1)
+            text = words[0] if words else ""
+        sentence = normalise_sentence(text, sentence_spaces)
         file_name = name + image_suffix
         records.append(
             ReferringRecord(
@@ -76,13 +90,17 @@ def read_phrase_layout(
                 image_root=images,
                 file_name=file_name,
                 sentence=sentence,
-                mask=MaskFile(masks / (name + mask_suffix)),
+                mask=MaskFile(masks / (name + mask_suffix), rule=mask_rule),
                 image_id=Path(file_name).stem,
+                source=f"{phrases}:{line_number}",
             )
         )
     if not records:
         raise ValueError(f"{phrases} lists no sample; expected lines '<name> <expression>'")
-    return skip_known_bad(records, skip_files, source=phrases, split=split)
+    records = skip_known_bad(records, [*skip_files, *skip_samples], source=phrases, split=split)
+    if check_sentences:
+        require_sentences(records, source=phrases)
+    return records
 
 
 _ROOT_HINT = "; set data.root=<the downloaded folder> or paths.data_dir / RSREFSEG_DATA_DIR"

@@ -1,4 +1,4 @@
-"""The unified JSONL (DATA.md): one JSON object per line, written by `rsrefseg-prepare`, by the
+"""The unified JSONL (docs/data.md §7): one JSON object per line, written by `rsrefseg-prepare`, by the
 synthetic export, or by the authors' release (``datainfo/<dataset>_<split>.jsonl``) as shipped.
 
 Required fields: ``image_id``, ``sent``, ``file_name`` (relative to the image folder) and
@@ -17,10 +17,12 @@ from typing import Any
 from rsrefseg.data.records import (
     CocoSegmentation,
     ReferringRecord,
+    SentenceSpaces,
     make_sample_id,
     normalise_sentence,
     require_dir,
     require_file,
+    require_sentences,
     require_split,
     skip_known_bad,
 )
@@ -35,6 +37,9 @@ def read_jsonl(
     file: str = "{split}.jsonl",
     image_dir: str | Path = "images",
     skip_files: Sequence[str] = (),
+    skip_samples: Sequence[str] = (),
+    sentence_spaces: SentenceSpaces = "collapse",
+    check_sentences: bool = True,
 ) -> list[ReferringRecord]:
     """Records of one split of a unified JSONL, in line order.
 
@@ -48,6 +53,10 @@ def read_jsonl(
             (the authors' release: ``datainfo/rrsisd_{split}.jsonl``).
         image_dir: The folder ``file_name`` is relative to; relative paths are taken from ``root``.
         skip_files: Known-bad image names or stems left out (logged).
+        skip_samples: Further sample ids, image names or stems left out (logged); an empty ``sent``
+            is named by its sample id so that it can be left out here.
+        sentence_spaces: ``collapse`` runs of spaces (ours) or ``keep`` ``sent`` as it is (the release).
+        check_sentences: Fail on a kept empty sentence (``rsrefseg-prepare`` reports them instead).
 
     Returns:
         The split's records. ``sample_id`` is the line's own when it has one, else
@@ -57,7 +66,7 @@ def read_jsonl(
     Raises:
         FileNotFoundError: Naming the root / JSONL file / image folder that is missing.
         ValueError: Naming the file and line of malformed JSON, a missing field, a line of another
-            split in a per-split file, or a split without lines.
+            split in a per-split file, an empty ``sent`` that is not skipped, or a split without lines.
     """
     require_split(split)
     root = require_dir(
@@ -92,26 +101,35 @@ def read_jsonl(
             if per_split_file:
                 raise ValueError(f"{where}: split={line_split!r} in the file for split {split!r}")
             continue
-        records.append(_record(entry, split=split, position=len(records), images=images, where=where))
+        records.append(
+            _record(
+                entry,
+                split=split,
+                position=len(records),
+                images=images,
+                where=where,
+                sentence_spaces=sentence_spaces,
+            )
+        )
     if not records:
         raise ValueError(f"{path} has no line of split {split!r}; splits present: {sorted(splits_seen)}")
-    return skip_known_bad(records, skip_files, source=path, split=split)
+    records = skip_known_bad(records, [*skip_files, *skip_samples], source=path, split=split)
+    if check_sentences:
+        require_sentences(records, source=path)
+    return records
 
 
 def _record(
-    entry: Mapping[str, Any], *, split: str, position: int, images: Path, where: str
+    entry: Mapping[str, Any], *, split: str, position: int, images: Path, where: str, sentence_spaces: str
 ) -> ReferringRecord:
     file_name = str(entry["file_name"])
     size = _stated_size(entry, where)
-    sentence = normalise_sentence(str(entry["sent"]))
-    if not sentence:
-        raise ValueError(f"{where}: empty 'sent'")
     return ReferringRecord(
         sample_id=str(entry.get("sample_id") or make_sample_id(split, position, file_name)),
         split=split,
         image_root=images,
         file_name=file_name,
-        sentence=sentence,
+        sentence=normalise_sentence(str(entry["sent"]), sentence_spaces),
         mask=CocoSegmentation(entry["segmentation"], size=size),
         original_size=size,
         category=_optional(entry, "category_name", str),
@@ -120,6 +138,7 @@ def _record(
         ann_id=_optional(entry, "ann_id", int),
         ref_id=_optional(entry, "ref_id", int),
         sent_id=_optional(entry, "sent_id", int),
+        source=where,
     )
 
 

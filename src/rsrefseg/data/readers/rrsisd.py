@@ -2,7 +2,7 @@
 
 ``refs(unc).p`` is a pickled list of refer-style dicts (``ref_id, ann_id, image_id, split,
 file_name, category_id, sentences=[{sent, raw, tokens, sent_id}, …]``). ``instances.json`` is
-COCO-like with three quirks this reader absorbs (DATA.md):
+COCO-like with three quirks this reader absorbs (docs/data.md §3):
 
 * the annotation's category field is spelled ``categories_id`` (``category_id`` is accepted too);
 * ``bbox`` is ``[x1, y1, x2, y2]``, not COCO's xywh (unused here: masks are the target);
@@ -23,10 +23,12 @@ from typing import Any
 from rsrefseg.data.records import (
     CocoSegmentation,
     ReferringRecord,
+    SentenceSpaces,
     make_sample_id,
     normalise_sentence,
     require_dir,
     require_file,
+    require_sentences,
     require_split,
     skip_known_bad,
 )
@@ -42,6 +44,9 @@ def read_rrsisd(
     instances_file: str = "rrsisd/instances.json",
     image_dir: str = "images/rrsisd/JPEGImages",
     skip_files: Sequence[str] = (),
+    skip_samples: Sequence[str] = (),
+    sentence_spaces: SentenceSpaces = "collapse",
+    check_sentences: bool = True,
 ) -> list[ReferringRecord]:
     """Records of one RRSIS-D split, in the order of ``refs(unc).p``.
 
@@ -55,6 +60,9 @@ def read_rrsisd(
         instances_file: The COCO-like annotations, relative to ``root``.
         image_dir: The JPEG folder, relative to ``root``.
         skip_files: Known-bad image names (``22187.jpg``) or stems left out (logged).
+        skip_samples: Further sample ids, image names or stems left out (logged).
+        sentence_spaces: ``collapse`` runs of spaces (ours) or ``keep`` ``sent`` as it is (the release).
+        check_sentences: Fail on a kept empty sentence (``rsrefseg-prepare`` reports them instead).
 
     Returns:
         The split's records with category, ids and ``original_size`` from ``instances.json``;
@@ -63,7 +71,8 @@ def read_rrsisd(
     Raises:
         FileNotFoundError: Naming the root / file / folder that is missing.
         KeyError: If a ref points at an annotation, image or category ``instances.json`` lacks.
-        ValueError: If a ref and its annotation disagree, a field is malformed, or the split is empty.
+        ValueError: If a ref and its annotation disagree, a field is malformed, a kept sentence is
+            empty, or the split is empty.
     """
     require_split(split)
     root = require_dir(Path(root).expanduser(), what="RRSIS-D root folder", hint=_ROOT_HINT)
@@ -110,7 +119,7 @@ def read_rrsisd(
                     split=split,
                     image_root=images,
                     file_name=ref["file_name"],
-                    sentence=normalise_sentence(sentence["sent"]),
+                    sentence=normalise_sentence(str(sentence["sent"]), sentence_spaces),
                     mask=CocoSegmentation(ann["segmentation"], size=size),
                     original_size=size,
                     category=category,
@@ -119,13 +128,17 @@ def read_rrsisd(
                     ann_id=int(ref["ann_id"]),
                     ref_id=int(ref["ref_id"]),
                     sent_id=int(sentence["sent_id"]) if "sent_id" in sentence else None,
+                    source=where,
                 )
             )
     if not records:
         raise ValueError(
             f"{refs_path} has no ref with split={split!r}; splits present: {sorted(map(str, splits_seen))}"
         )
-    return skip_known_bad(records, skip_files, source=refs_path, split=split)
+    records = skip_known_bad(records, [*skip_files, *skip_samples], source=refs_path, split=split)
+    if check_sentences:
+        require_sentences(records, source=refs_path)
+    return records
 
 
 def _lookup(table: dict[Any, Any], key: Any, *, what: str, where: str, source: Path) -> Any:

@@ -21,8 +21,9 @@ def _conv_norm_act(in_dim: int, out_dim: int, *, kernel_size: int, stride: int) 
 class ActivationDensePrompt(nn.Module):
     """v1's dense prompt: the global activation logits, bilinearly upsampled to SAM's mask input.
 
-    Parameter-free. Named ``dense_head`` on the prompter, so the network checks ``mask_size`` against
-    SAM and SAM keeps its mask branch trainable, exactly as for the cascaded prompter's head.
+    Parameter-free. The prompter's declared ``dense_head`` (prompter.base.Prompter), so the network
+    checks ``mask_size`` against SAM and SAM keeps its mask branch trainable, as for the cascaded
+    prompter's head.
     """
 
     def __init__(self, *, mask_size: int) -> None:
@@ -68,12 +69,12 @@ class ActivationV1Prompter(nn.Module):
         sparse_grid: side of the sparse-token map; sparse_grid² tokens (7 → 49 in v1).
         pe_init_std: std of the learnable PE.
         text_padding_mask: average the local activation over valid tokens only. False reproduces
-            v1, which averages over the batch's padding too (METHOD.md §6 flaw 1).
+            v1, which averages over the batch's padding too (docs/deviations.md §1, §3).
     """
 
-    # no Stage-0 queries: q1 = q2 = None (see prompter.base.emits_queries)
+    # the Prompter declarations (prompter.base.Prompter): no Stage-0 queries (q1 = q2 = None); the
+    # sentence embedding and CLIP's logit scale / bias gate the sparse tokens too
     emits_queries = False
-    # the sentence embedding and CLIP's logit scale / bias gate the sparse tokens too
     uses_sentence = True
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The cascaded second-order prompter of RSRefSeg 2 (METHOD.md §2)."""
+"""The cascaded second-order prompter of RSRefSeg 2 (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ class PromptLayer(nn.Module):
 class CascadedPrompter(nn.Module):
     """Cascaded second-order prompter: decomposition → first-order → second-order activation.
 
-    With ``second_order=False`` it is the ``first_order`` ablation (METHOD.md §2): no decomposition
+    With ``second_order=False`` it is the ``first_order`` ablation (docs/method.md §3): no decomposition
     and no re-activation. Stage 0 keeps one query set Q, pooled from T and refined by ``depths[0]``
     :class:`TextQueryLayer` s (self-attention, then cross-attention to T +MLP: the Q1 branch of the
     decomposition without the Q1↔Q2 exchange), so Q reads the sentence as deeply as Q1 does.
@@ -166,7 +166,15 @@ class CascadedPrompter(nn.Module):
         use_dense: emit the dense prompt. False = the ``no_dense`` ablation; the dense head is not built.
         text_padding_mask: mask padded text tokens in attention and pooling. False reproduces the
             release (flaw 1: pads attended, so predictions depend on the batch's longest sentence).
+
+    Attributes (the :class:`~rsrefseg.models.prompter.base.Prompter` declarations):
+        dense_head: the dense head, None under ``use_dense=False``.
+        emits_queries: always True (the first-order ablation returns its single set Q as q2).
+        uses_sentence: ``use_dense``: the pooled sentence and CLIP's logit scale / bias feed only
+            the dense head.
     """
+
+    emits_queries = True
 
     def __init__(
         self,
@@ -198,6 +206,7 @@ class CascadedPrompter(nn.Module):
         self.grid_size = grid_size
         self.is_second_order = second_order
         self.use_sparse, self.use_dense, self.text_padding_mask = use_sparse, use_dense, text_padding_mask
+        self.uses_sentence = use_dense
         widths = dict(internal_dim=internal_dim, num_heads=num_heads, mlp_dim=mlp_dim)
 
         # Drawn in the order the paper's model has always used, so its seeded runs stay reproducible.
@@ -236,7 +245,7 @@ class CascadedPrompter(nn.Module):
                 for _ in range(depths[2] if use_sparse else 0)
             )
         self.sparse_head = MLP(prompt_dim, hidden_dim=mlp_dim) if use_sparse else None
-        self.dense_head = (
+        self.dense_head: DensePromptHead | None = (
             DensePromptHead(vision_dim=vision_dim, embed_dim=embed_dim, mask_size=mask_size)
             if use_dense
             else None

@@ -11,27 +11,22 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 
+from rsrefseg.config.resolvers import register_resolvers
 from rsrefseg.data.datamodule import RefSegDataModule
 from rsrefseg.io import AtomicCheckpointIO
 from rsrefseg.training.module import RefSegModule
+from rsrefseg.training.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 #: conf/ beside src/ in a source checkout; RSREFSEG_CONFIG_DIR points elsewhere.
-CONFIG_DIR = os.environ.get("RSREFSEG_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def prepare_process() -> None:
-    """Process-wide settings every entry point wants before building anything."""
-    # Random-init training on CPU produces denormal floats that slow matmuls ~10×.
-    torch.set_flush_denormal(True)
-    torch.set_float32_matmul_precision("high")
-    # A hub lookup without network waits ~60 s before failing; the default run needs no hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIG_DIR = os.environ.get("RSREFSEG_CONFIG_DIR") or str(Path(__file__).resolve().parents[3] / "conf")
+# the config tree states lengths relative to the run (${times:…}, ${interval:…})
+register_resolvers()
 
 
 def build_datamodule(data_cfg: DictConfig) -> RefSegDataModule:
@@ -86,6 +81,10 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    wants_bar = cfg.trainer.get("enable_progress_bar", True) is not False
+    if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # Lightning's default would be a tqdm bar, even into a log file
+        callbacks = [*callbacks, progress_bar()]
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
