@@ -22,7 +22,7 @@ from rsrefseg.models.clip_encoder import sentence_lengths
 from rsrefseg.models.clip_loading import load_checkpoint_file
 
 CLIP_OPTIONS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model" / "clip").glob("*.yaml"))
-# open_clip's own counts for these architectures (ECOSYSTEM-NOTES.md), in millions
+# what open_clip builds for these architectures (random init), in millions
 REAL_SIZE = {
     "vit_b16": 149.62,
     "vit_l14": 427.62,

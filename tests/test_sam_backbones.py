@@ -56,7 +56,7 @@ def test_sam1_sizes_match_meta(option, millions):
 
 
 SAM2_SIZES = [
-    # option, full SAM2Base (published), the image path we keep (ECOSYSTEM-NOTES.md)
+    # option, full SAM2Base (Meta's published counts), the image path we keep (docs/method.md §5.2)
     ("hiera_t", 38.96, 31.44),
     ("hiera_s", 46.06, 38.54),
     ("hiera_b+", 80.85, 73.33),
