@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 #: "docs/method.md §2.7", "docs/data.md §2–§4", "(docs/deviations.md §1, §3)", "[docs/data.md](docs/data.md)"
 REFERENCE = re.compile(r"docs/([\w-]+\.md)(?:\)?\s*((?:§[\d.]+(?:\s*(?:,|–|and)\s*)?)+))?")
