@@ -85,6 +85,28 @@ def warmup_constant_cosine_factor(
     )
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
+    return _multiplier(
+        step,
+        per_epoch=per_epoch,
+        warmup_epochs=warmup_epochs,
+        constant_until_epoch=constant_until_epoch,
+        t_max_epochs=t_max_epochs,
+        eta_min_ratio=eta_min_ratio,
+        start_factor=start_factor,
+    )
+
+
+def _multiplier(
+    step: int,
+    *,
+    per_epoch: int,
+    warmup_epochs: float,
+    constant_until_epoch: float,
+    t_max_epochs: float,
+    eta_min_ratio: float,
+    start_factor: float,
+) -> float:
+    """:func:`warmup_constant_cosine_factor` on arguments already checked (the scheduler's per-step call)."""
     warmup_steps = warmup_epochs * per_epoch
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
@@ -142,10 +164,11 @@ def build_warmup_constant_cosine(
         "start_factor": start_factor,
         "unit": unit,
     }
-    # Fail at build time rather than at the first scheduler step.
-    _validate(**kwargs)
+    # Checked once, here, rather than at every optimizer step.
+    per_epoch = _validate(**kwargs)
+    phases = {k: v for k, v in kwargs.items() if k not in ("steps_per_epoch", "unit")}
     # A partial (not a lambda) keeps the scheduler picklable for checkpoints and spawn.
-    return LambdaLR(optimizer, lr_lambda=functools.partial(warmup_constant_cosine_factor, **kwargs))
+    return LambdaLR(optimizer, lr_lambda=functools.partial(_multiplier, per_epoch=per_epoch, **phases))
 
 
 def _validate(
