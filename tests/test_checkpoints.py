@@ -192,3 +192,22 @@ def test_a_file_that_is_not_our_checkpoint_is_named(tmp_path, name, write, expec
         read_checkpoint(path)
     message = str(error.value)
     assert str(path) in message and "rsrefseg_config" in message and "\n" not in message
+
+
+def test_a_checkpoint_naming_modules_from_before_the_layout_still_reads(tmp_path):
+    """Checkpoints written before the package layout name `rsrefseg.losses` / `rsrefseg.schedule`."""
+    config = {
+        "loss": {
+            "_target_": "rsrefseg.losses.ReferringLoss",
+            "contrastive": {"_target_": "rsrefseg.losses.X"},
+        },
+        "scheduler": {"_target_": "rsrefseg.schedule.build_warmup_constant_cosine"},
+        "model": {"_target_": "rsrefseg.models.RSRefSeg2", "note": "rsrefseg.lossesque"},
+    }
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "rsrefseg_config": config}, path)
+    renamed = read_checkpoint(path)["rsrefseg_config"]
+    assert renamed["loss"]["_target_"] == "rsrefseg.training.losses.ReferringLoss"
+    assert renamed["loss"]["contrastive"]["_target_"] == "rsrefseg.training.losses.X"
+    assert renamed["scheduler"]["_target_"] == "rsrefseg.training.schedule.build_warmup_constant_cosine"
+    assert renamed["model"] == config["model"]

@@ -199,9 +199,9 @@ def _missing_option(error: Any) -> str:
     if not group or not options:
         return _one_line(str(error))
     message = f"{group}={option}: no such option in config group {group}"
-    near = difflib.get_close_matches(option, options, n=1)
+    near = nearest_key(option, options)
     if near:
-        message += f"; did you mean {group}={near[0]}?"
+        message += f"; did you mean {group}={near}?"
     return f"{message} (options: {', '.join(options)})"
 
 
