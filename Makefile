@@ -24,11 +24,11 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/rsrefseg-train $(ARGS)
 
-## the test suite without the long runs (3.5 to 6.5 minutes on 2 cores)
+## the test suite without the long runs (about 6 minutes on 2 cores)
 test: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-## the long runs: the full default training with its quality floor
+## the long runs: the full default training with its quality floor, SLURM / preemption / resume jobs (13 min)
 test-slow: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow $(ARGS)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,6 +25,25 @@ from omegaconf import DictConfig
 from rsrefseg.config.build import CONFIG_DIR
 
 torch.set_flush_denormal(True)
+
+#: Marks a test that submits jobs to a real SLURM cluster (``sbatch`` on PATH); CI starts a one-node cluster.
+requires_slurm = pytest.mark.skipif(
+    shutil.which("sbatch") is None,
+    reason="needs a SLURM cluster: `sbatch` is not on PATH (CI starts one with slurm-single-node)",
+)
+
+
+@pytest.fixture
+def slurm_cluster() -> str:
+    """Skip unless a SLURM cluster answers; return the name of its default partition."""
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        pytest.skip("needs a SLURM cluster: `sbatch` is not on PATH (CI starts one with slurm-single-node)")
+    probe = subprocess.run(["sinfo", "--noheader", "--format=%P"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"needs a SLURM cluster: `sinfo` failed ({probe.stderr.strip()})")
+    partitions = [line.strip() for line in probe.stdout.splitlines() if line.strip()]
+    default = next((p for p in partitions if p.endswith("*")), partitions[0] if partitions else "")
+    return default.rstrip("*")
 
 
 def compose_config(

@@ -76,3 +76,17 @@ def test_every_debug_option_runs_on_every_cpu_experiment(tmp_path, debug, experi
         assert "whole_image" in payload["metrics"]
     else:
         assert "metrics" not in payload
+
+
+def test_fdr_keeps_the_configured_logger():
+    """Lightning's fast_dev_run would swap the loggers for a dummy; fdr states its limits instead."""
+    import csv
+
+    from rsrefseg.training.run import train
+
+    cfg = compose_config("train", ["debug=fdr", "logger=csv", "shuffled_sentence_test=false"])
+    assert "fast_dev_run" not in cfg.trainer
+    train(cfg)
+    with (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").open() as f:
+        logged = {key for row in csv.DictReader(f) for key, value in row.items() if value}
+    assert {"train/loss", "val/gIoU", "test/gIoU", "whole_image/gIoU"} <= logged

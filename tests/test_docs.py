@@ -42,8 +42,9 @@ def test_every_docs_reference_resolves_inside_the_repository():
 #: a Markdown file named in prose or comments ("see docs/data.md", "README.md")
 MARKDOWN_NAME = re.compile(r"[\w./-]*?([\w-]+\.md)\b")
 #: a relative Markdown link target
-#: Markdown files a run writes (metrics.md, metrics_<split>.md), not documents
-RUN_OUTPUT = re.compile(r"metrics(_\w+)?\.md")
+#: Markdown files a run writes (metrics.md, metrics_<split>.md) or rsrefseg-aggregate writes
+#: (aggregate.md), not documents
+RUN_OUTPUT = re.compile(r"metrics(_\w+)?\.md|aggregate\.md")
 LINK = re.compile(r"\]\((?!https?:|#)([^)#\s]+)")
 
 

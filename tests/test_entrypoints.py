@@ -132,6 +132,9 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     test = json.loads(metrics.read_text())["metrics"]["test"]
     # 9 test samples sharded over 2 ranks without the sampler's padding repeat: each counted once
     assert test["num_samples"] == 9
+    # the per-sample file gathers both ranks' shards, each sample once
+    rows = (metrics.parent / "samples_test.csv").read_text().splitlines()[1:]
+    assert len({row.split(",")[0] for row in rows}) == len(rows) == 9
     assert "test/gIoU " in result.stdout
 
 

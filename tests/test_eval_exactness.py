@@ -46,6 +46,8 @@ def test_ddp_eval_scores_each_sample_once(tmp_path, checkpoint):
     run("rsrefseg-eval", *args, "trainer=ddp_sim", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     ddp = json.loads((tmp_path / "metrics_test.json").read_text())["metrics"]
     assert ddp["test"]["num_samples"] == single["test"]["num_samples"] == 5
+    rows = (tmp_path / "samples_test.csv").read_text().splitlines()[1:]
+    assert len({row.split(",")[0] for row in rows}) == len(rows) == 5
     assert ddp.keys() == single.keys()
     for column, values in single.items():
         assert ddp[column] == pytest.approx(values, rel=1e-6), column

@@ -27,6 +27,9 @@ _WARNINGS = (
     r"The '\w+' does not have many workers",
     # debug=overfit: Lightning fits the same batch in order, as asked
     r"You requested to overfit but enabled train dataloader shuffling",
+    # a mid-epoch resume: the train order is resumable through the datamodule's state, which
+    # Lightning's check (is the DataLoader itself stateful?) does not see
+    r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not",
 )
 
 

@@ -12,14 +12,19 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning_fabric.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.loggers import WandbLogger
 
 from rsrefseg.config.resolvers import register_resolvers
 from rsrefseg.data.datamodule import RefSegDataModule
-from rsrefseg.io import AtomicCheckpointIO
+from rsrefseg.training.checkpoint_io import AtomicCheckpointIO
+from rsrefseg.training.interruption import LastCheckpoint, take_over_signals
 from rsrefseg.training.module import RefSegModule
 from rsrefseg.training.progress import progress_bar
+from rsrefseg.training.run_naming import earlier_run_id, run_identity
+from rsrefseg.training.wandb_run import finish_runs
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,39 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    """The ``logger`` nodes' loggers; a W&B run left unnamed is named after the job (:func:`run_identity`)."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        if hydra.utils.get_class(node._target_) is WandbLogger:
+            node = _with_run_identity(node, cfg)
+        loggers.append(instantiate(node))
+    return loggers
+
+
+def _with_run_identity(node: DictConfig, cfg: DictConfig) -> DictConfig:
+    """Complete a W&B node from the job: its name, group and tags, and the run it continues.
+
+    A null ``name`` / ``group`` comes from :func:`run_identity`, the job's overrides are added to
+    ``tags``, and without an ``id`` the job continues the W&B run an earlier attempt of it started in
+    its run folder (a resume), so that one job stays one W&B run.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    identity = run_identity(
+        HydraConfig.get() if HydraConfig.initialized() else None,
+        fallback_name=Path(cfg.paths.output_dir).name,
+        log_dir=OmegaConf.select(cfg, "paths.log_dir"),
+    )
+    node = node.copy()
+    with open_dict(node):
+        node.name = node.get("name") or identity.name
+        node.group = node.get("group") or identity.group
+        node.tags = list(dict.fromkeys([*(node.get("tags") or []), *identity.tags]))
+        if not (node.get("id") or node.get("version")):
+            node.id = earlier_run_id(node.get("save_dir") or node.get("dir") or ".")
+    return node
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
@@ -85,16 +122,19 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     if wants_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         # Lightning's default would be a tqdm bar, even into a log file
         callbacks = [*callbacks, progress_bar()]
-    return instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # LastCheckpoint saves and requeues on SLURM's warning signal; Lightning must not requeue too
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    if any(isinstance(c, LastCheckpoint) for c in callbacks):
+        take_over_signals(trainer)
+    return trainer
 
 
-def finish_loggers(loggers: list[Any]) -> None:
-    """Close W&B runs: Lightning does not call ``wandb.finish()``, and a sweep must not inherit a run."""
-    from pytorch_lightning.loggers import WandbLogger
+def finish_loggers(loggers: list[Any], *, failed: bool = False) -> None:
+    """Finish the job's W&B runs, failed (exit code 1) when the job raised.
 
-    if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
-
-        wandb.finish()
+    Lightning does not call ``wandb.finish()``, and a sweep's next job must not inherit a run.
+    """
+    finish_runs(loggers, failed=failed)

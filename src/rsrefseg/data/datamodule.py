@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,9 +10,10 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rsrefseg.data.file_check import DataFilesError
+from rsrefseg.training.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
 
 SPLITS = ("train", "val", "test")
 
@@ -104,6 +106,9 @@ class RefSegDataModule(pl.LightningDataModule):
         self.group_names, self.group_key = tuple(group_names), group_key
         self.shuffle_sentences_seed = shuffle_sentences_seed
         self.datasets: dict[str, Dataset] = {}
+        #: the sampler of the latest train loader (its position goes into checkpoints)
+        self.train_sampler: ResumableRandomSampler | ResumableDistributedSampler | None = None
+        self._train_sampler_state: dict[str, Any] | None = None
 
     def dataset(self, split: str) -> Dataset:
         """The split's dataset, built on first use; a clear error when it is missing or empty.
@@ -159,8 +164,7 @@ class RefSegDataModule(pl.LightningDataModule):
         if bad_files:
             raise DataFilesError("\n".join(str(err) for err in bad_files))
 
-    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
-        sampler = None
+    def _loader(self, dataset: Dataset, *, train: bool, sampler: Sampler | None = None) -> DataLoader:
         if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # DistributedSampler pads ranks to equal length by repeating samples, which would count
             # them twice in the metrics; evaluation shards without repeats instead
@@ -168,7 +172,6 @@ class RefSegDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
@@ -179,7 +182,32 @@ class RefSegDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), train=True)
+        """Shuffled full batches, in the order ``shuffle=True`` gave, resumable mid-epoch."""
+        dataset = self.dataset("train")
+        self.train_sampler = _train_sampler(dataset)
+        if self._train_sampler_state is not None:
+            self.train_sampler.load_state_dict(self._train_sampler_state)
+            self._train_sampler_state = None
+        return self._loader(dataset, train=True, sampler=self.train_sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train order's position, saved in every checkpoint: a resume continues the epoch after
+        the samples training already consumed (none twice, none skipped)."""
+        trainer = self.trainer
+        sampler = self.train_sampler
+        loader = trainer.train_dataloader if trainer is not None else None
+        if sampler is None or getattr(loader, "sampler", None) is not sampler:
+            # no fit yet, or Lightning replaced the sampler (overfit_batches): no order to continue
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        # a finished epoch is consumed whole (drop_last may have left a partial batch unused)
+        consumed = len(sampler) if progress.is_last_batch else progress.current.processed * self.batch_size
+        return {"train_sampler": sampler.state_dict(consumed=consumed)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the saved train order for the next :meth:`train_dataloader` (Lightning restores before
+        it builds the loaders)."""
+        self._train_sampler_state = state_dict.get("train_sampler")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), train=False)
@@ -193,3 +221,16 @@ class RefSegDataModule(pl.LightningDataModule):
         if shuffle_sentences:
             dataset = ShuffledSentences(dataset, seed=self.shuffle_sentences_seed)
         return self._loader(dataset, train=False)
+
+
+def _train_sampler(dataset: Dataset) -> ResumableRandomSampler | ResumableDistributedSampler:
+    """One process: ``RandomSampler``'s order; DDP: the order of the ``DistributedSampler`` Lightning
+    would insert (seeded with ``seed_everything``'s seed), each resumable."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return ResumableDistributedSampler(
+            dataset,
+            num_replicas=dist.get_world_size(),
+            rank=dist.get_rank(),
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+    return ResumableRandomSampler(dataset)  # type: ignore[arg-type]

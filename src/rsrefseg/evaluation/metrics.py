@@ -163,6 +163,22 @@ class ReferringSegmentationMetrics(Metric):
         super().merge_state(incoming_state)
 
 
+def sample_scores(preds: Sequence[Tensor] | Tensor, targets: Sequence[Tensor] | Tensor) -> dict[str, Tensor]:
+    """Per-sample scores with the metric's conventions (I/U := 1 when U == 0).
+
+    Args:
+        preds: B boolean predicted masks (a B×H×W tensor or B tensors H_i×W_i).
+        targets: B boolean ground-truth masks of the same shapes.
+
+    Returns:
+        ``intersection`` and ``union`` (B int64 pixel counts) and ``iou`` (B float64 in [0, 1]).
+    """
+    device = preds.device if isinstance(preds, Tensor) else (preds[0].device if len(preds) else "cpu")
+    intersections, unions, _, _ = _sample_statistics(preds, targets, torch.device(device)).unbind(1)
+    iou = torch.where(unions == 0, 1.0, intersections.double() / unions.clamp_min(1).double())
+    return {"intersection": intersections, "union": unions, "iou": iou}
+
+
 def _as_sample_list(masks: Sequence[Tensor] | Tensor, name: str) -> Sequence[Tensor]:
     if isinstance(masks, Tensor) and masks.ndim != 3:
         raise ValueError(f"{name} as a tensor must be B×H×W, got shape {tuple(masks.shape)}")

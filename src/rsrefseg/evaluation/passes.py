@@ -52,6 +52,7 @@ def evaluate_splits(
     check_original_masks(datamodule, split, module.resolution)
     columns: dict[str, dict[str, Any]] = {}
     floors: dict[str, dict[str, Any]] = {}
+    module.sample_rows = {}
     passes = [(split, False)] + ([(f"{split}_shuffled", True)] if shuffled_sentences else [])
     for prefix, shuffled in passes:
         module.test_prefix = prefix

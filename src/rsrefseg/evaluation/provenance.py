@@ -126,3 +126,15 @@ def describe(record: Mapping[str, Any]) -> str:
         f"{record['dataset']} {record['split']} split, scored at the {record['resolution']} size, "
         f"Pr@X: {record['pr_rule']}"
     )
+
+
+def job_overrides() -> list[str]:
+    """The Hydra job's command-line overrides (``key=value``); [] outside a Hydra job.
+
+    Recorded in ``metrics.json`` so that ``rsrefseg-aggregate`` can group a sweep's jobs by setting.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]

@@ -1,9 +1,12 @@
-"""Present and save metrics: a console table, plain `key value` lines, Markdown and JSON files."""
+"""Present and save metrics: a console table, `key value` lines, Markdown, JSON and per-sample CSV."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -63,3 +66,32 @@ def save_results(
     output_dir = Path(output_dir)
     atomic_write_text(output_dir / f"{stem}.md", markdown_table(columns, title=title))
     return atomic_write_json(output_dir / f"{stem}.json", payload)
+
+
+#: columns of a per-sample scores file (``samples_<pass>.csv``)
+SAMPLE_COLUMNS = ("sample_id", "group", "iou", "intersection", "union")
+
+
+def save_sample_scores(
+    output_dir: str | Path, passes: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[Path]:
+    """Write one ``samples_<pass>.csv`` per scored pass (e.g. ``samples_test.csv``), atomically.
+
+    Each row is one sample: its id, its group (expression type or category; empty without groups),
+    its IoU as a fraction (6 decimals) and its intersection and union in pixels, so that two runs on
+    the same split can be compared sample by sample (``rsrefseg-aggregate``).
+
+    Returns:
+        The written paths.
+    """
+    paths = []
+    for name, rows in passes.items():
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(SAMPLE_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [row["sample_id"], row["group"], f"{row['iou']:.6f}", row["intersection"], row["union"]]
+            )
+        paths.append(atomic_write_text(Path(output_dir) / f"samples_{name}.csv", text.getvalue()))
+    return paths

@@ -10,15 +10,22 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rsrefseg.config.build import build_datamodule, build_trainer
+from rsrefseg.config.build import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_trainer,
+    finish_loggers,
+)
 from rsrefseg.evaluation.passes import evaluate_splits
 from rsrefseg.evaluation.provenance import describe, eval_data_config, scored_on
-from rsrefseg.evaluation.results import plain_lines, print_table, save_results
+from rsrefseg.evaluation.results import plain_lines, print_table, save_results, save_sample_scores
 from rsrefseg.process import prepare_process
 from rsrefseg.training.checkpoint_files import load_module, read_checkpoint
 from rsrefseg.training.status import recorded_status
+from rsrefseg.training.wandb_run import record_run, record_summary
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +36,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     The run folder's ``status.json`` says whether the evaluation is running, completed or failed.
     """
     prepare_process()
-    with recorded_status(cfg.paths.output_dir, enabled=pl.utilities.rank_zero_only.rank == 0) as status:
-        payload = _evaluate(cfg)
-        status.update(checkpoint=payload["checkpoint"], split=cfg.split)
+    loggers = build_loggers(cfg)  # logger=wandb: a W&B run with job_type eval
+    failed = True
+    try:
+        with recorded_status(cfg.paths.output_dir, enabled=pl.utilities.rank_zero_only.rank == 0) as status:
+            payload = _evaluate(cfg, loggers)
+            status.update(checkpoint=payload["checkpoint"], split=cfg.split)
+        failed = False
+    finally:
+        finish_loggers(loggers, failed=failed)
     return payload
 
 
-def _evaluate(cfg: DictConfig) -> dict[str, Any]:
+def _evaluate(cfg: DictConfig, loggers: list[Any]) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     run_config = checkpoint["rsrefseg_config"]
@@ -46,7 +59,15 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
         cfg.data = data
     datamodule = build_datamodule(cfg.data)
     module = load_module(checkpoint, datamodule, metrics=cfg.metrics)
-    trainer = build_trainer(cfg, callbacks=[], loggers=[])
+    split_set = datamodule.dataset(cfg.split)
+    report = {cfg.split: split_set.describe()} if hasattr(split_set, "describe") else None
+    record_run(
+        loggers,
+        config={**OmegaConf.to_container(cfg, resolve=True), "checkpoint_config": run_config},
+        parameters=module.parameter_rows(),
+        data=report,
+    )
+    trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), loggers=loggers)
     columns = evaluate_splits(
         trainer,
         module,
@@ -58,10 +79,12 @@ def _evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     record = scored_on(cfg.data, cfg.metrics, split=cfg.split, data_config=data_source)
     payload = {"checkpoint": str(cfg.ckpt_path), "scored_on": record, "metrics": columns}
+    record_summary(loggers, columns)
     if trainer.is_global_zero:
         title = f"{describe(record)} — {cfg.ckpt_path}"
         print_table(columns, title=title)
         print(plain_lines(cfg.split, columns[cfg.split]))
+        save_sample_scores(cfg.paths.output_dir, module.sample_rows)
         path = save_results(cfg.paths.output_dir, payload, columns, stem=f"metrics_{cfg.split}", title=title)
         log.info("metrics written to %s", path)
     return payload

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rsrefseg.evaluation.baselines import BASELINES, update_baselines
-from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics
+from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics, sample_scores
 from rsrefseg.evaluation.scoring import Resolution, check_resolution, score_batch
 from rsrefseg.models import RSRefSeg2, parameter_report
 from rsrefseg.training.checkpointing import (
@@ -57,6 +57,15 @@ def fit_length(trainer: pl.Trainer) -> RunLength:
         if not math.isinf(batches):
             steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
     return RunLength(total_steps=int(total), steps_per_epoch=steps_per_epoch)
+
+
+def _gathered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's rows, on every rank (each DDP rank scores its own shard of the split)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(rows)
+    shards: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(shards, rows)
+    return [row for shard in shards for row in shard]
 
 
 class RefSegModule(pl.LightningModule):
@@ -122,6 +131,9 @@ class RefSegModule(pl.LightningModule):
         self.test_prefix = "test"
         #: also score the trivial baselines in the next test pass (logged as ``<baseline>/gIoU``)
         self.score_baselines = False
+        #: per-sample rows of each finished test pass, all ranks gathered, by prefix (see :meth:`test_step`)
+        self.sample_rows: dict[str, list[dict[str, Any]]] = {}
+        self._pass_rows: list[dict[str, Any]] = []
 
     def parameter_rows(self) -> list[tuple[str, int, int]]:
         """(component, trainable, total) per network component, the loss's own weights and the total."""
@@ -139,13 +151,14 @@ class RefSegModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)
         return terms["loss"]
 
-    def _score(self, batch: Mapping[str, Any], metrics: ReferringSegmentationMetrics) -> None:
+    def _score(self, batch: Mapping[str, Any], metrics: ReferringSegmentationMetrics) -> dict[str, Any]:
         logits = self(batch["image"], batch["sentence"])
         preds, targets = score_batch(logits, batch, resolution=self.resolution, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
         metrics.update(preds, targets, groups)
         if metrics is self.test_metrics and self.score_baselines:
             update_baselines(self.baseline_metrics, targets, groups)
+        return {"preds": preds, "targets": targets, "groups": groups}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metrics)
@@ -153,14 +166,51 @@ class RefSegModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics(self.val_metrics, "val")
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._score(batch, self.test_metrics)
+    def on_test_epoch_start(self) -> None:
+        self._pass_rows = []
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Score a test batch; returns what callbacks may read in ``on_test_batch_end``.
+
+        Returns:
+            ``sample_id`` (B str), ``group`` (B str, or None without groups), ``iou`` (B float64 in
+            [0, 1]), ``intersection`` / ``union`` (B int64 pixel counts), ``preds`` / ``targets``
+            (B bool masks h×w at the scoring resolution, see :mod:`rsrefseg.evaluation.scoring`).
+        """
+        scored = self._score(batch, self.test_metrics)
+        scores = sample_scores(scored["preds"], scored["targets"])
+        if "sample_id" not in batch:
+            raise KeyError(
+                "test batches need a 'sample_id' per item (per-sample scores are keyed by it); "
+                f"this batch has only {sorted(batch)}"
+            )
+        ids = [str(i) for i in batch["sample_id"]]
+        groups = scored["groups"]
+        for i, sample_id in enumerate(ids):
+            self._pass_rows.append(
+                {
+                    "sample_id": sample_id,
+                    "group": "" if groups is None else str(groups[i]),
+                    "iou": float(scores["iou"][i]),
+                    "intersection": int(scores["intersection"][i]),
+                    "union": int(scores["union"][i]),
+                }
+            )
+        return {
+            "sample_id": ids,
+            "group": None if groups is None else list(groups),
+            **scores,
+            "preds": scored["preds"],
+            "targets": scored["targets"],
+        }
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, self.test_prefix)
         if self.score_baselines:
             for name, metrics in self.baseline_metrics.items():
                 self._log_metrics(metrics, name)
+        self.sample_rows[self.test_prefix] = sorted(_gathered(self._pass_rows), key=lambda r: r["sample_id"])
+        self._pass_rows = []
 
     def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> None:
         # compute() already sums the states over ranks, so the values are global: no sync_dist

@@ -21,11 +21,21 @@ from rsrefseg.config.build import (
     finish_loggers,
 )
 from rsrefseg.evaluation.passes import evaluate_splits
-from rsrefseg.evaluation.provenance import COMMAND_LINE, describe, scored_on
-from rsrefseg.evaluation.results import plain_lines, print_table, save_results
+from rsrefseg.evaluation.provenance import COMMAND_LINE, describe, job_overrides, scored_on
+from rsrefseg.evaluation.results import plain_lines, print_table, save_results, save_sample_scores
 from rsrefseg.io import atomic_write_text
 from rsrefseg.process import prepare_process
+from rsrefseg.training.interruption import LAST_CHECKPOINT, handling_signals
+from rsrefseg.training.resume import (
+    Resume,
+    check_same_config,
+    continue_csv_logs,
+    logged_steps,
+    resolve_resume,
+    slurm_attempt,
+)
 from rsrefseg.training.status import recorded_status
+from rsrefseg.training.wandb_run import record_run, record_summary
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +82,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; returns the results payload (also written to ``metrics.json``).
 
     The run folder's ``status.json`` says whether the job is running, completed, failed (with the
-    error) or was interrupted (:mod:`rsrefseg.training.status`).
+    error), was interrupted or preempted (:mod:`rsrefseg.training.status`). A job resumes the run
+    of its folder from ``last.ckpt`` with ``ckpt_path=last``, or by itself when SLURM requeued it
+    (:mod:`rsrefseg.training.resume`); it never writes into a folder holding a finished run.
     """
     prepare_process()
     output_dir = Path(cfg.paths.output_dir)
     is_rank_zero = pl.utilities.rank_zero_only.rank == 0
-    with recorded_status(output_dir, enabled=is_rank_zero) as status:
-        payload = _train(cfg, output_dir, is_rank_zero)
+    resume = resolve_resume(cfg.get("ckpt_path"), output_dir, _last_checkpoint(cfg), rank_zero=is_rank_zero)
+    start = {"restarts": resume.restarts, "resumed_from": resume.ckpt_path, "attempt": slurm_attempt()}
+    with recorded_status(output_dir, enabled=is_rank_zero, start=start) as status:
+        payload = _train(cfg, output_dir, is_rank_zero, resume)
         status.update(best_checkpoint=payload["best_checkpoint"], global_step=payload["global_step"])
     return payload
 
 
-def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool) -> dict[str, Any]:
+def _last_checkpoint(cfg: DictConfig) -> Path:
+    """Where the run keeps its resumable checkpoint (``callbacks.last_checkpoint.dirpath``)."""
+    node = (cfg.get("callbacks") or {}).get("last_checkpoint")
+    dirpath = node.get("dirpath") if node else None
+    return Path(dirpath or Path(cfg.paths.output_dir) / "checkpoints") / LAST_CHECKPOINT
+
+
+def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool, resume: Resume) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    if resume.in_place:
+        check_same_config(output_dir, run_config)
     if is_rank_zero:
         atomic_write_text(output_dir / "config_resolved.yaml", OmegaConf.to_yaml(run_config))
 
@@ -104,9 +127,15 @@ def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool) -> dict[str, A
             print_data_report(data_report, console)
 
     callbacks, loggers = build_callbacks(cfg), build_loggers(cfg)
+    if resume.in_place and resume.ckpt_path and is_rank_zero:
+        continue_csv_logs(loggers, logged_steps(resume.ckpt_path))
+    # SIGTERM / SIGINT / the scheduler's warning signal: save last.ckpt at a batch boundary and stop
+    signals = handling_signals(callbacks)
+    failed = True  # until the job returns: its W&B run is then finished as failed
     try:
+        record_run(loggers, config=run_config, parameters=module.parameter_rows(), data=data_report)
         trainer = build_trainer(cfg, callbacks, loggers)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume.ckpt_path)
         # the monitored checkpoint callback selects; another one may only keep last.ckpt
         checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
         best_path = checkpoint.best_model_path if checkpoint is not None else ""
@@ -116,6 +145,8 @@ def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool) -> dict[str, A
             "best_checkpoint": best_path or None,
             f"selection/{cfg.select_on}_gIoU": float(best_score) if best_score is not None else None,
             "global_step": trainer.global_step,
+            "seed": int(cfg.seed),
+            "overrides": job_overrides(),
             "data": data_report,
             "scored_on": scored_on(cfg.data, cfg.metrics, split="test", data_config=COMMAND_LINE),
         }
@@ -135,12 +166,16 @@ def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool) -> dict[str, A
                 baselines=cfg.trivial_baselines,
             )
             payload["metrics"] = columns
+            record_summary(loggers, columns)
             if trainer.is_global_zero:
                 print_table(columns, title=title, console=console)
                 print(plain_lines("test", columns["test"]))
         if trainer.is_global_zero:
+            save_sample_scores(output_dir, module.sample_rows)
             path = save_results(output_dir, payload, payload.get("metrics", {}), title=title)
             log.info("metrics written to %s", path)
+        failed = False
         return payload
     finally:
-        finish_loggers(loggers)
+        signals.close()
+        finish_loggers(loggers, failed=failed)

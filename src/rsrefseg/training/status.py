@@ -7,7 +7,10 @@ atomically at each change, by rank zero only:
   from that host was killed (SIGKILL, out of memory, a lost node), which no process can record;
 - ``completed``: with the end time and the caller's summary (selected checkpoint, steps);
 - ``failed``: with the error (``Type: message``) and its traceback;
-- ``interrupted``: Ctrl-C (Lightning turns it into ``SystemExit(1)`` after a graceful shutdown).
+- ``interrupted``: stopped by SIGTERM / SIGINT after saving ``last.ckpt`` (with the signal, the
+  step and the checkpoint: :mod:`rsrefseg.training.interruption`), or any other ``SystemExit``;
+- ``preempted``: stopped by the scheduler's warning signal and requeued; the requeued job writes
+  ``running`` again with ``restarts`` counting the starts of this run folder and ``resumed_from``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,15 @@ def _now() -> str:
 
 
 @contextmanager
-def recorded_status(output_dir: str | Path, *, enabled: bool = True) -> Iterator[dict[str, Any]]:
+def recorded_status(
+    output_dir: str | Path, *, enabled: bool = True, start: dict[str, Any] | None = None
+) -> Iterator[dict[str, Any]]:
     """Record the run's status in ``output_dir/status.json`` around the ``with`` body.
+
+    Args:
+        output_dir: the run folder.
+        enabled: write the file (rank zero only).
+        start: fields recorded from the start (e.g. ``restarts``, ``resumed_from``).
 
     Yields:
         The record; fields the body adds to it (e.g. ``best_checkpoint``) are written on completion.
@@ -46,6 +56,7 @@ def recorded_status(output_dir: str | Path, *, enabled: bool = True) -> Iterator
         "host": socket.gethostname(),
         "started": _now(),
         "command": list(sys.argv),
+        **(start or {}),
     }
 
     def write(**fields: Any) -> None:
@@ -57,7 +68,10 @@ def recorded_status(output_dir: str | Path, *, enabled: bool = True) -> Iterator
     try:
         yield record
     except (KeyboardInterrupt, SystemExit) as stop:
-        write(status="interrupted", finished=_now(), error=f"{type(stop).__name__}: {stop}")
+        # a stop on a signal says how it stopped (rsrefseg.training.interruption.Interrupted)
+        fields = getattr(stop, "record", {})
+        status = getattr(stop, "status", "interrupted")
+        write(status=status, finished=_now(), error=f"{type(stop).__name__}: {stop}", **fields)
         raise
     except BaseException as error:
         write(
