@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from conftest import compose_config
 from rsrefseg.config.build import build_datamodule
+from rsrefseg.data.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
 from rsrefseg.errors import UserError
 from rsrefseg.training.interruption import Interrupted, LastCheckpoint, signal_number
-from rsrefseg.training.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
 from rsrefseg.training.resume import (
     DECISION_ENV,
     RefuseFinishedRunFolder,

@@ -13,7 +13,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rsrefseg.data.file_check import DataFilesError
-from rsrefseg.training.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
+from rsrefseg.data.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
 
 SPLITS = ("train", "val", "test")
 
