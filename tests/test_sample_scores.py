@@ -67,7 +67,7 @@ def test_training_writes_per_sample_scores_that_add_up_to_the_metrics():
     assert [r["sample_id"] for r in read_rows(out / "samples_test.csv")] == ids
 
 
-def test_sample_files_are_written_atomically_and_sorted_as_given(tmp_path):
+def test_sample_files_quote_ids_and_leave_no_temporary_file(tmp_path):
     rows = [{"sample_id": "a,1", "group": "", "iou": 1 / 3, "intersection": 1, "union": 3}]
     (path,) = save_sample_scores(tmp_path, {"val": rows})
     assert path.name == "samples_val.csv"

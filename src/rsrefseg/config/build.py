@@ -24,7 +24,6 @@ from rsrefseg.training.interruption import LastCheckpoint, take_over_signals
 from rsrefseg.training.module import RefSegModule
 from rsrefseg.training.progress import progress_bar
 from rsrefseg.training.run_naming import earlier_run_id, run_identity
-from rsrefseg.training.wandb_run import finish_runs
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +129,3 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[A
     if any(isinstance(c, LastCheckpoint) for c in callbacks):
         take_over_signals(trainer)
     return trainer
-
-
-def finish_loggers(loggers: list[Any], *, failed: bool = False) -> None:
-    """Finish the job's W&B runs, failed (exit code 1) when the job raised.
-
-    Lightning does not call ``wandb.finish()``, and a sweep's next job must not inherit a run.
-    """
-    finish_runs(loggers, failed=failed)

@@ -85,6 +85,8 @@ class ReferringSegmentationMetrics(Metric):
         preds: Sequence[Tensor] | Tensor,
         targets: Sequence[Tensor] | Tensor,
         groups: Sequence[str] | None = None,
+        *,
+        scores: dict[str, Tensor] | None = None,
     ) -> None:
         """Adds a batch of predictions.
 
@@ -93,17 +95,20 @@ class ReferringSegmentationMetrics(Metric):
                 H_i×W_i (sizes may differ between samples, e.g. at original resolution).
             targets: Boolean ground-truth masks, same layout and per-sample shapes as ``preds``.
             groups: Optional group name per sample (length B), each one of ``group_names``.
+            scores: this batch's :func:`sample_scores`, when the caller has them already (the
+                pixels are then not counted a second time).
 
         Raises:
             ValueError: On a batch-size or per-sample shape mismatch, or an unknown group name.
             TypeError: If a mask is not boolean.
         """
         device = self.iou_sum.device
-        intersections, unions, pred_sizes, target_sizes = _sample_statistics(preds, targets, device).unbind(1)
+        scores = sample_scores(preds, targets) if scores is None else scores
+        intersections, unions, iou = (scores[k].to(device) for k in ("intersection", "union", "iou"))
+        pred_sizes, target_sizes = scores["pred_size"].to(device), scores["target_size"].to(device)
         batch_size = intersections.numel()
         # Validate the groups before touching any state so a bad batch leaves the metric unchanged.
         group_index = None if groups is None else self._group_indices(groups, batch_size, device)
-        iou = torch.where(unions == 0, 1.0, intersections.double() / unions.clamp_min(1).double())
         empty_target = target_sizes == 0
 
         self.intersection_sum += intersections.sum()
@@ -171,12 +176,25 @@ def sample_scores(preds: Sequence[Tensor] | Tensor, targets: Sequence[Tensor] | 
         targets: B boolean ground-truth masks of the same shapes.
 
     Returns:
-        ``intersection`` and ``union`` (B int64 pixel counts) and ``iou`` (B float64 in [0, 1]).
+        ``intersection``, ``union``, ``pred_size``, ``target_size`` (B int64 pixel counts) and
+        ``iou`` (B float64 in [0, 1]).
+
+    Raises:
+        ValueError: On a batch-size or per-sample shape mismatch.
+        TypeError: If a mask is not boolean.
     """
     device = preds.device if isinstance(preds, Tensor) else (preds[0].device if len(preds) else "cpu")
-    intersections, unions, _, _ = _sample_statistics(preds, targets, torch.device(device)).unbind(1)
+    intersections, unions, pred_sizes, target_sizes = _sample_statistics(
+        preds, targets, torch.device(device)
+    ).unbind(1)
     iou = torch.where(unions == 0, 1.0, intersections.double() / unions.clamp_min(1).double())
-    return {"intersection": intersections, "union": unions, "iou": iou}
+    return {
+        "intersection": intersections,
+        "union": unions,
+        "pred_size": pred_sizes,
+        "target_size": target_sizes,
+        "iou": iou,
+    }
 
 
 def _as_sample_list(masks: Sequence[Tensor] | Tensor, name: str) -> Sequence[Tensor]:

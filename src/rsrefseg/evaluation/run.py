@@ -17,7 +17,6 @@ from rsrefseg.config.build import (
     build_datamodule,
     build_loggers,
     build_trainer,
-    finish_loggers,
 )
 from rsrefseg.evaluation.passes import evaluate_splits
 from rsrefseg.evaluation.provenance import describe, eval_data_config, scored_on
@@ -25,7 +24,7 @@ from rsrefseg.evaluation.results import plain_lines, print_table, save_results, 
 from rsrefseg.process import prepare_process
 from rsrefseg.training.checkpoint_files import load_module, read_checkpoint
 from rsrefseg.training.status import recorded_status
-from rsrefseg.training.wandb_run import record_run, record_summary
+from rsrefseg.training.wandb_run import finish_runs, record_run, record_summary
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             status.update(checkpoint=payload["checkpoint"], split=cfg.split)
         failed = False
     finally:
-        finish_loggers(loggers, failed=failed)
+        finish_runs(loggers, failed=failed)
     return payload
 
 

@@ -41,6 +41,8 @@ import torch.distributed as dist
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 
+from rsrefseg.distributed import gather_objects, world_size
+
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
@@ -158,10 +160,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 class LastCheckpoint(Checkpoint):
     """Keep ``<dirpath>/last.ckpt`` resumable; save and stop on a signal (see the module docstring).
 
@@ -229,7 +227,7 @@ class LastCheckpoint(Checkpoint):
     def _agree(self, trainer: pl.Trainer, *, time_due: bool = False) -> bool:
         """Share the received signal (and rank zero's time-based save) across ranks; True if a save is due."""
         flags = [self._received, int(time_due and trainer.is_global_zero)]
-        if _world_size() > 1:
+        if world_size() > 1:
             tensor = torch.tensor(flags, dtype=torch.int64, device=trainer.strategy.root_device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
             flags = [int(v) for v in tensor.tolist()]
@@ -329,13 +327,7 @@ class LastCheckpoint(Checkpoint):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
-        states = rng_states()
-        if _world_size() > 1:
-            gathered: list[Any] = [None] * _world_size()
-            dist.all_gather_object(gathered, states)
-            checkpoint[RNG_KEY] = gathered
-        else:
-            checkpoint[RNG_KEY] = [states]
+        checkpoint[RNG_KEY] = gather_objects([rng_states()])  # one entry per rank
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
@@ -343,9 +335,9 @@ class LastCheckpoint(Checkpoint):
         states = checkpoint.get(RNG_KEY)
         if states is None:
             return  # an older checkpoint: the RNG continues from this run's seed
-        if len(states) != _world_size():
+        if len(states) != world_size():
             raise ValueError(
                 f"{trainer.ckpt_path}: written by a run on {len(states)} processes, this run has "
-                f"{_world_size()}; resume on as many (trainer.devices × trainer.num_nodes)"
+                f"{world_size()}; resume on as many (trainer.devices × trainer.num_nodes)"
             )
         self._rng_to_restore = states[trainer.global_rank]

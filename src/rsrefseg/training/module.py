@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from rsrefseg.distributed import gather_objects
 from rsrefseg.evaluation.baselines import BASELINES, update_baselines
 from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics, sample_scores
 from rsrefseg.evaluation.scoring import Resolution, check_resolution, score_batch
@@ -57,15 +58,6 @@ def fit_length(trainer: pl.Trainer) -> RunLength:
         if not math.isinf(batches):
             steps_per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
     return RunLength(total_steps=int(total), steps_per_epoch=steps_per_epoch)
-
-
-def _gathered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's rows, on every rank (each DDP rank scores its own shard of the split)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(rows)
-    shards: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(shards, rows)
-    return [row for shard in shards for row in shard]
 
 
 class RefSegModule(pl.LightningModule):
@@ -155,10 +147,11 @@ class RefSegModule(pl.LightningModule):
         logits = self(batch["image"], batch["sentence"])
         preds, targets = score_batch(logits, batch, resolution=self.resolution, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
-        metrics.update(preds, targets, groups)
+        scores = sample_scores(preds, targets)
+        metrics.update(preds, targets, groups, scores=scores)
         if metrics is self.test_metrics and self.score_baselines:
             update_baselines(self.baseline_metrics, targets, groups)
-        return {"preds": preds, "targets": targets, "groups": groups}
+        return {"preds": preds, "targets": targets, "groups": groups, "scores": scores}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metrics)
@@ -174,11 +167,12 @@ class RefSegModule(pl.LightningModule):
 
         Returns:
             ``sample_id`` (B str), ``group`` (B str, or None without groups), ``iou`` (B float64 in
-            [0, 1]), ``intersection`` / ``union`` (B int64 pixel counts), ``preds`` / ``targets``
+            [0, 1]), ``intersection`` / ``union`` / ``pred_size`` / ``target_size`` (B int64 pixel
+            counts; :func:`~rsrefseg.evaluation.metrics.sample_scores`), ``preds`` / ``targets``
             (B bool masks h×w at the scoring resolution, see :mod:`rsrefseg.evaluation.scoring`).
         """
         scored = self._score(batch, self.test_metrics)
-        scores = sample_scores(scored["preds"], scored["targets"])
+        scores = scored["scores"]
         if "sample_id" not in batch:
             raise KeyError(
                 "test batches need a 'sample_id' per item (per-sample scores are keyed by it); "
@@ -209,7 +203,9 @@ class RefSegModule(pl.LightningModule):
         if self.score_baselines:
             for name, metrics in self.baseline_metrics.items():
                 self._log_metrics(metrics, name)
-        self.sample_rows[self.test_prefix] = sorted(_gathered(self._pass_rows), key=lambda r: r["sample_id"])
+        self.sample_rows[self.test_prefix] = sorted(
+            gather_objects(self._pass_rows), key=lambda r: r["sample_id"]
+        )
         self._pass_rows = []
 
     def _log_metrics(self, metrics: ReferringSegmentationMetrics, prefix: str) -> None:

@@ -18,7 +18,6 @@ from rsrefseg.config.build import (
     build_loggers,
     build_module,
     build_trainer,
-    finish_loggers,
 )
 from rsrefseg.evaluation.passes import evaluate_splits
 from rsrefseg.evaluation.provenance import COMMAND_LINE, describe, job_overrides, scored_on
@@ -35,7 +34,7 @@ from rsrefseg.training.resume import (
     slurm_attempt,
 )
 from rsrefseg.training.status import recorded_status
-from rsrefseg.training.wandb_run import record_run, record_summary
+from rsrefseg.training.wandb_run import finish_runs, record_run, record_summary
 
 log = logging.getLogger(__name__)
 
@@ -178,4 +177,4 @@ def _train(cfg: DictConfig, output_dir: Path, is_rank_zero: bool, resume: Resume
         return payload
     finally:
         signals.close()
-        finish_loggers(loggers, failed=failed)
+        finish_runs(loggers, failed=failed)

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
+from rsrefseg.distributed import gather_objects
 from rsrefseg.evaluation.metrics import sample_scores
 from rsrefseg.evaluation.scoring import predict_masks
 
@@ -160,7 +160,7 @@ class WandbPanels(pl.Callback):
         loggers = _wandb_loggers(trainer)
         if not loggers or _is_control(pl_module):
             return
-        rows = _gathered_on_rank_zero(self._rows)
+        rows = gather_objects(self._rows, to_all=False)  # images: rank 0 only
         self._rows = []
         if not trainer.is_global_zero:
             return
@@ -248,12 +248,3 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def _unpng(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
-
-
-def _gathered_on_rank_zero(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Every rank's rows on rank 0 (each DDP rank tests its own shard); [] on the other ranks."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(rows)
-    shards: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(rows, shards, dst=0)
-    return [row for shard in shards or [] for row in shard]
