@@ -20,9 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from rsrefseg.config.build import CONFIG_DIR
+from rsrefseg.config.build import CONFIG_DIR, build_module
 
 torch.set_flush_denormal(True)
 
@@ -92,6 +92,23 @@ def build_tiny_net(overrides: list[str] | None = None, seed: int = 0):
 @pytest.fixture
 def tiny_net():
     return build_tiny_net()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of the default tiny network as ``rsrefseg-train`` writes it (random init, not trained).
+
+    What prediction reads from a checkpoint does not depend on training; notebooks/ and the slow
+    tests also run on trained ones.
+    """
+    cfg = compose_config("train")
+    torch.manual_seed(0)
+    module = build_module(cfg, None, run_config=OmegaConf.to_container(cfg, resolve=True))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.ckpt"
+    torch.save(checkpoint, path)
+    return path
 
 
 def _free_port() -> int:

@@ -114,6 +114,7 @@ def test_loss_falls_when_overfitting_one_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow  # two processes (DDP / gloo): the slow set, which CI runs too
 def test_ddp_on_two_cpu_processes(tmp_path):
     """trainer=ddp_sim: gloo DDP with 2 spawned processes — gathered contrastive negatives, summed metrics."""
     result = run(
@@ -138,6 +139,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     assert "test/gIoU " in result.stdout
 
 
+@pytest.mark.slow  # two processes (DDP / gloo): the slow set, which CI runs too
 def test_multirun_sweep_runs_each_job_in_its_own_folder(tmp_path):
     sweep_dir = tmp_path / "sweep"
     run(

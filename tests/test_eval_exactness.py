@@ -36,6 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", TINY)
 
 
+@pytest.mark.slow  # two processes (DDP / gloo): the slow set, which CI runs too
 def test_ddp_eval_scores_each_sample_once(tmp_path, checkpoint):
     """trainer=ddp_sim re-launches rsrefseg-eval as rank 1; the 5 samples are sharded without repeats.
 

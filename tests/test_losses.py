@@ -211,6 +211,7 @@ def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.save(results, f"{out_dir}/{rank}.pt")
 
 
+@pytest.mark.slow  # two processes (DDP / gloo): the slow set, which CI runs too
 def test_two_process_gloo_gathered_loss_equals_single_process(tmp_path: Path) -> None:
     tokens, masks, q2 = _ddp_batch()
     single = _make_contrastive()(tokens, GRID, masks, q2).item()

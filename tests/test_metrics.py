@@ -185,6 +185,7 @@ def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.save({"grouped": grouped.compute(), "ungrouped": ungrouped.compute()}, f"{out_dir}/{rank}.pt")
 
 
+@pytest.mark.slow  # two processes (DDP / gloo): the slow set, which CI runs too
 def test_two_process_gloo_reduction_is_exact(tmp_path: Path) -> None:
     grouped = ReferringSegmentationMetrics(group_names=("a", "b", "c"))
     ungrouped = ReferringSegmentationMetrics(inclusive=True)

@@ -284,6 +284,13 @@ def test_malformed_jsonl_lines_are_named(tmp_path):
         (tmp_path / "val.jsonl").write_text(text)
         with pytest.raises(ValueError, match=message):
             read_jsonl(root=tmp_path, split="val")
+    # a BOM (Windows editors), CRLF line ends and a line separator inside a sentence read as written
+    sentence = "the car\u2028 by the road"
+    (tmp_path / "val.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + (json.dumps({**good, "sent": sentence}, ensure_ascii=False) + "\r\n").encode()
+    )
+    [record] = read_jsonl(root=tmp_path, split="val", sentence_spaces="keep")
+    assert record.sentence == sentence
     # one file for all splits: the split's lines are selected, and an absent split is named
     (tmp_path / "all.jsonl").write_text(json.dumps({**good, "split": "test"}) + "\n")
     with pytest.raises(

@@ -37,6 +37,7 @@ def _task_lines(sweep_dir: Path) -> list[str]:
     )
 
 
+@pytest.mark.slow  # two console-script runs (~12 s)
 def test_devices_minus_one_is_refused_before_anything_is_submitted(tmp_path):
     """trainer=ddp's devices=-1 ("all GPUs") cannot size a request: a clear error, no SLURM needed."""
     done = _run(

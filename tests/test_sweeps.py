@@ -150,6 +150,7 @@ def test_tiny_sweep_runs_two_jobs_through_the_local_launcher(tmp_path):
         assert metrics["metrics"]["test"]["num_samples"] == 8
 
 
+@pytest.mark.slow  # two multiruns (~12 s)
 def test_a_sweep_into_a_used_folder_is_refused_and_the_earlier_jobs_stay(tmp_path):
     sweep_dir = tmp_path / "x"
     (sweep_dir / "0").mkdir(parents=True)

@@ -73,13 +73,24 @@ class ResizePad:
         scale = self.size / max(height, width)
         return max(1, min(self.size, round(height * scale))), max(1, min(self.size, round(width * scale)))
 
+    def image(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The image half alone (prediction has no mask): 3×H×W in [0, 1] → (3×S×S canvas, (h, w)).
+
+        ``(h, w)`` is the resized content's size; the canvas is zero outside its top-left h×w.
+        """
+        h, w = self.content_size(*image.shape[-2:])
+        if (h, w) != tuple(image.shape[-2:]):
+            image = _resize(image, (h, w)).clamp_(0.0, 1.0)
+        canvas = image.new_zeros(3, self.size, self.size)
+        canvas[:, :h, :w] = image
+        return canvas, (h, w)
+
     def __call__(self, sample: Sample) -> Sample:
         image, mask = sample["image"], sample["mask"]
         if image.shape[-2:] != mask.shape[-2:]:
             raise ValueError(f"image {tuple(image.shape)} and mask {tuple(mask.shape)} differ in size")
-        h, w = self.content_size(*image.shape[-2:])
+        canvas, (h, w) = self.image(image)
         if (h, w) != tuple(image.shape[-2:]):
-            image = _resize(image, (h, w)).clamp_(0.0, 1.0)
             if self.mask_resize == "nearest":
                 resized_mask = F.interpolate(mask[None], size=(h, w), mode="nearest")[0]
             else:
@@ -87,8 +98,6 @@ class ResizePad:
         else:
             resized_mask = mask
         s = self.size
-        canvas = image.new_zeros(3, s, s)
-        canvas[:, :h, :w] = image
         target = mask.new_zeros(1, s, s)
         target[:, :h, :w] = resized_mask
         valid = torch.zeros(1, s, s, dtype=torch.bool)

@@ -27,6 +27,45 @@ def check_resolution(resolution: str) -> None:
         raise ValueError(f"metrics.resolution must be one of {RESOLUTIONS}, got {resolution!r}")
 
 
+def to_original_size(
+    maps: Tensor,
+    *,
+    canvas_size: int,
+    content_sizes: Sequence[Sequence[int]],
+    output_sizes: Sequence[Sequence[int]],
+) -> list[Tensor]:
+    """Maps over the input canvas → each image's content, cropped and resized to its original size.
+
+    Bilinear to S×S, crop the top-left h×w content, bilinear to H×W: the path every prediction takes
+    back to the image (scored masks, ``rsrefseg.predict`` probabilities and its explanation maps).
+
+    Args:
+        maps: B×C×m×m float maps covering the S×S input canvas (logits, similarities, …).
+        canvas_size: S.
+        content_sizes: B (h, w) of the image content in the canvas (the rest is padding).
+        output_sizes: B (H, W) to resize the cropped maps to.
+
+    Returns:
+        B float32 tensors of shape C×H_i×W_i.
+    """
+    canvas = maps.float()
+    if canvas.shape[-2:] != (canvas_size, canvas_size):
+        canvas = F.interpolate(canvas, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False)
+    out = []
+    for item, (h, w), (out_h, out_w) in zip(canvas, content_sizes, output_sizes, strict=True):
+        content = item[None, :, : int(h), : int(w)]
+        size = (int(out_h), int(out_w))
+        if content.shape[-2:] != size:
+            content = F.interpolate(content, size=size, mode="bilinear", align_corners=False)
+        out.append(content[0])
+    return out
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit above which a pixel is foreground: sigmoid(logit) > ``threshold``."""
+    return torch.logit(torch.tensor(threshold)).item()
+
+
 def predict_masks(
     logits: Tensor,
     *,
@@ -47,18 +86,11 @@ def predict_masks(
     Returns:
         B boolean tensors of shape H_i×W_i.
     """
-    cut = torch.logit(torch.tensor(threshold)).item()
-    canvas = logits.float()
-    if canvas.shape[-2:] != (canvas_size, canvas_size):
-        canvas = F.interpolate(canvas, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False)
-    masks = []
-    for logit, (h, w), (out_h, out_w) in zip(canvas, content_sizes, output_sizes, strict=True):
-        content = logit[None, :, : int(h), : int(w)]
-        size = (int(out_h), int(out_w))
-        if content.shape[-2:] != size:
-            content = F.interpolate(content, size=size, mode="bilinear", align_corners=False)
-        masks.append(content[0, 0] > cut)
-    return masks
+    cut = logit_threshold(threshold)
+    resized = to_original_size(
+        logits, canvas_size=canvas_size, content_sizes=content_sizes, output_sizes=output_sizes
+    )
+    return [item[0] > cut for item in resized]
 
 
 def _content_size(item: Mapping[str, Any], index: int | None, canvas_size: int) -> tuple[int, int]:

@@ -268,6 +268,21 @@ class ClipEncoder(nn.Module):
         images = resize_square(images, self.image_size, antialias=self.antialias)
         return self.vision_tower.tokens(self.model.visual, (images - self.mean) / self.std)
 
+    def embed_patches(self, vision_tokens: Tensor) -> Tensor | None:
+        """V0 (B×g²×C_v) in the image–text space (B×g²×E) where the sentence embedding lives, or None
+        when the tower has no patch-level map into it (see the towers' ``embed_patches``)."""
+        return self.vision_tower.embed_patches(self.model.visual, vision_tokens)
+
+    def count_tokens(self, sentence: str) -> int:
+        """How many token positions ``sentence`` needs, start / end tokens included, before truncation."""
+        tokenizer = self.tokenizer
+        inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
+        if inner is not None and callable(inner):
+            return len(inner(tokenizer.clean_fn(sentence))["input_ids"])
+        if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+            return len(tokenizer.encode(sentence)) + 2  # open_clip's BPE adds start and end tokens
+        raise TypeError(f"cannot count the tokens of {type(tokenizer).__name__}")
+
     def tokenize(self, sentences: Sequence[str]) -> Tensor:
         """B sentences → B×L token ids, truncated to the context; trimmed to the longest sentence
         unless the tower pads to its full context."""

@@ -39,6 +39,10 @@ class VisionTower(Protocol):
     def unused(self, visual: nn.Module) -> list[nn.Parameter]:
         """Parameters only the pooled image embedding uses (no loss of ours reaches them)."""
 
+    def embed_patches(self, visual: nn.Module, tokens: Tensor) -> Tensor | None:
+        """Patch tokens B×g²×C_v in the shared image–text space (B×g²×E); None where the tower has
+        no patch-level map into it. Read only by explanations, never trained."""
+
 
 def _parameters(*parts: nn.Module | nn.Parameter | None) -> list[nn.Parameter]:
     out: list[nn.Parameter] = []
@@ -83,6 +87,10 @@ class OpenClipVisionTower:
     def unused(self, visual: VisionTransformer) -> list[nn.Parameter]:
         return _parameters(visual.proj)
 
+    def embed_patches(self, visual: VisionTransformer, tokens: Tensor) -> Tensor | None:
+        # the projection CLIP applies to its pooled token, applied to every patch (MaskCLIP's reading)
+        return tokens if visual.proj is None else tokens @ visual.proj
+
 
 class TimmVisionTower:
     """A timm ViT trunk in open_clip's ``TimmModel`` (SigLIP): ``forward_features`` minus prefix tokens."""
@@ -110,6 +118,16 @@ class TimmVisionTower:
     def tokens(self, visual: TimmModel, images: Tensor) -> Tensor:
         trunk = visual.trunk
         return trunk.forward_features(images)[:, trunk.num_prefix_tokens :]
+
+    def embed_patches(self, visual: TimmModel, tokens: Tensor) -> Tensor | None:
+        # SigLIP pools with an attention head into a space of the trunk's width; its patch tokens are
+        # compared with the sentence as they are. Another width has no patch-level projection.
+        head = visual.head
+        if isinstance(head, nn.Linear):
+            return head(tokens)
+        if isinstance(head, nn.Identity) and tokens.shape[-1] == visual.trunk.embed_dim:
+            return tokens
+        return None
 
     def unused(self, visual: TimmModel) -> list[nn.Parameter]:
         trunk = visual.trunk

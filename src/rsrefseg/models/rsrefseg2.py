@@ -11,6 +11,7 @@ from rsrefseg.models.clip_encoder import ClipEncoder
 from rsrefseg.models.finetune import FinetuneMode, LoraSettings, configure_finetuning
 from rsrefseg.models.prompter import Prompter, PrompterOutput
 from rsrefseg.models.prompter.base import check_prompter
+from rsrefseg.models.sam2_backbone import Sam2Features
 from rsrefseg.models.sam_backbone import SamBackbone
 
 
@@ -21,12 +22,34 @@ class RSRefSeg2Output:
     prompts: the prompter's output (sparse, dense, Stage-0 queries).
     vision_tokens: V0, B×g²×C_v CLIP patch tokens (for the contrastive loss).
     grid_size: g.
+    sentence: t, B×E pooled sentence embeddings.
     """
 
     logits: Tensor
     prompts: PrompterOutput
     vision_tokens: Tensor
     grid_size: int
+    sentence: Tensor
+
+
+@dataclass
+class ImageEncoding:
+    """What the two image encoders made of N images, computed once and read by any number of sentences.
+
+    Attributes:
+        vision_tokens: V0, N×g²×C_v CLIP patch tokens.
+        sam_features: SAM's image features for the N images (a N×d×h×w tensor, or SAM 2's
+            :class:`~rsrefseg.models.sam2_backbone.Sam2Features`).
+    """
+
+    vision_tokens: Tensor
+    sam_features: Tensor | Sam2Features
+
+    def select(self, index: Tensor) -> ImageEncoding:
+        """The encodings of images ``index`` (B long, repeats allowed): one row per sentence."""
+        features = self.sam_features
+        features = features[index] if isinstance(features, Tensor) else features.select(index)
+        return ImageEncoding(vision_tokens=self.vision_tokens[index], sam_features=features)
 
 
 class RSRefSeg2(nn.Module):
@@ -90,14 +113,45 @@ class RSRefSeg2(nn.Module):
             parts["sam.other"] = own
         return parts
 
-    def forward(self, images: Tensor, sentences: Sequence[str]) -> RSRefSeg2Output:
+    def forward(
+        self, images: Tensor, sentences: Sequence[str], image_index: Tensor | None = None
+    ) -> RSRefSeg2Output:
         """Args:
-        images: B×3×H×W in [0, 1] (each branch resizes to its own input size).
+        images: N×3×H×W in [0, 1] (each branch resizes to its own input size).
         sentences: B referring expressions.
+        image_index: B long, the image each sentence refers to; None = sentence i is about image i
+            (B = N). Several sentences of one image share its encodings.
         """
-        if len(sentences) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(sentences)} sentences")
-        vision_tokens = self.clip.encode_image(images)
+        return self.decode(self.encode_images(images), sentences, image_index)
+
+    def encode_images(self, images: Tensor) -> ImageEncoding:
+        """Run CLIP's and SAM's image encoders once. Args: images N×3×H×W in [0, 1]."""
+        return ImageEncoding(
+            vision_tokens=self.clip.encode_image(images), sam_features=self.sam.encode_image(images)
+        )
+
+    def decode(
+        self, encoding: ImageEncoding, sentences: Sequence[str], image_index: Tensor | None = None
+    ) -> RSRefSeg2Output:
+        """Everything after the image encoders: text encoder, prompter, SAM's prompt encoder and decoder.
+
+        Args:
+            encoding: N images' encodings (:meth:`encode_images`).
+            sentences: B referring expressions.
+            image_index: B long indices into the N images; None = one sentence per image (B = N).
+        """
+        count = encoding.vision_tokens.shape[0]
+        if image_index is None:
+            if len(sentences) != count:
+                raise ValueError(f"{count} images but {len(sentences)} sentences")
+        else:
+            if image_index.shape != (len(sentences),):
+                raise ValueError(
+                    f"image_index has shape {tuple(image_index.shape)}; expected ({len(sentences)},), "
+                    "one image per sentence"
+                )
+            encoding = encoding.select(image_index.to(encoding.vision_tokens.device))
+        vision_tokens = encoding.vision_tokens
         text = self.clip.encode_text(sentences)
         prompts = self.prompter(
             vision_tokens,
@@ -107,6 +161,12 @@ class RSRefSeg2(nn.Module):
             self.clip.logit_scale,
             self.clip.logit_bias,
         )
-        logits = self.sam.decode(self.sam.encode_image(images), prompts.sparse, prompts.dense)
+        logits = self.sam.decode(encoding.sam_features, prompts.sparse, prompts.dense)
         grid = round(vision_tokens.shape[1] ** 0.5)
-        return RSRefSeg2Output(logits=logits, prompts=prompts, vision_tokens=vision_tokens, grid_size=grid)
+        return RSRefSeg2Output(
+            logits=logits,
+            prompts=prompts,
+            vision_tokens=vision_tokens,
+            grid_size=grid,
+            sentence=text.sentence,
+        )

@@ -117,6 +117,12 @@ class Sam2Features:
     embedding: Tensor
     high_res: tuple[Tensor, Tensor]
 
+    def select(self, index: Tensor) -> Sam2Features:
+        """The features of images ``index`` (B long, repeats allowed)."""
+        return Sam2Features(
+            embedding=self.embedding[index], high_res=(self.high_res[0][index], self.high_res[1][index])
+        )
+
 
 class Sam2Backbone(nn.Module):
     """SAM 2.1's image path behind :class:`SamBackbone`'s interface: image i is decoded with prompt set i.

@@ -17,6 +17,7 @@ from rsrefseg.evaluation.baselines import BASELINES, update_baselines
 from rsrefseg.evaluation.metrics import ReferringSegmentationMetrics, sample_scores
 from rsrefseg.evaluation.scoring import Resolution, check_resolution, score_batch
 from rsrefseg.models import RSRefSeg2, parameter_report
+from rsrefseg.models.rsrefseg2 import RSRefSeg2Output
 from rsrefseg.training.checkpointing import (
     FULL,
     TRAINABLE,
@@ -135,8 +136,22 @@ class RefSegModule(pl.LightningModule):
         """B×3×H×W images in [0, 1] and B sentences → B×1×h×w mask logits."""
         return self.net(images, sentences).logits
 
+    def network_output(self, batch: Mapping[str, Any]) -> RSRefSeg2Output:
+        """The network on a batch: B sentences, each about one of the batch's images.
+
+        A batch holds ``image`` (N×3×S×S) and ``sentence`` (B). Optional keys:
+        ``image_index`` (B long: the image each sentence is about; absent = sentence i is about
+        image i), and ``image_encoding`` (an :class:`~rsrefseg.models.rsrefseg2.ImageEncoding` of
+        the N images computed beforehand, e.g. cached frozen features: the encoders are skipped).
+        """
+        index = batch.get("image_index")
+        encoding = batch.get("image_encoding")
+        if encoding is not None:
+            return self.net.decode(encoding, batch["sentence"], index)
+        return self.net(batch["image"], batch["sentence"], index)
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        out = self.net(batch["image"], batch["sentence"])
+        out = self.network_output(batch)
         terms = self.loss.for_output(out, batch["mask"], batch.get("valid"))
         bs = batch["image"].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
@@ -144,7 +159,7 @@ class RefSegModule(pl.LightningModule):
         return terms["loss"]
 
     def _score(self, batch: Mapping[str, Any], metrics: ReferringSegmentationMetrics) -> dict[str, Any]:
-        logits = self(batch["image"], batch["sentence"])
+        logits = self.network_output(batch).logits
         preds, targets = score_batch(logits, batch, resolution=self.resolution, threshold=self.threshold)
         groups = batch[self.group_key] if self.group_key else None
         scores = sample_scores(preds, targets)

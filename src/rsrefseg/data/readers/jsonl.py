@@ -9,11 +9,11 @@ Required fields: ``image_id``, ``sent``, ``file_name`` (relative to the image fo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rsrefseg.data.json_lines import read_json_lines
 from rsrefseg.data.records import (
     CocoSegmentation,
     ReferringRecord,
@@ -82,16 +82,7 @@ def read_jsonl(
 
     records: list[ReferringRecord] = []
     splits_seen: set[str] = set()
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"{where}: a {type(entry).__name__}; expected a JSON object")
+    for where, entry in read_json_lines(path):
         missing = [key for key in REQUIRED_FIELDS if key not in entry]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}; fields present: {sorted(entry)}")

@@ -25,6 +25,12 @@ class DensePromptHead(nn.Module):
         self.norm = nn.BatchNorm2d(vision_dim // 2)
         self.conv2 = nn.Conv2d(vision_dim // 2, embed_dim, kernel_size=3, padding=1)
 
+    def project(self, tokens: Tensor, grid_size: int) -> Tensor:
+        """B×g²×C image tokens → B×E×g×g features, in the space the sentence embedding is read in."""
+        b, _, c = tokens.shape
+        x = tokens.transpose(1, 2).reshape(b, c, grid_size, grid_size)
+        return self.conv2(F.gelu(self.norm(self.conv1(x))))
+
     def forward(
         self, tokens: Tensor, grid_size: int, sentence: Tensor, logit_scale: Tensor, logit_bias: Tensor
     ) -> Tensor:
@@ -37,9 +43,7 @@ class DensePromptHead(nn.Module):
         Returns:
             B×1×M×M logits.
         """
-        b, _, c = tokens.shape
-        x = tokens.transpose(1, 2).reshape(b, c, grid_size, grid_size)
-        x = self.conv2(F.gelu(self.norm(self.conv1(x))))
+        x = self.project(tokens, grid_size)
         size = (self.mask_size, self.mask_size)
         # cos(up(x), t) = up(x)·t̂ / |up(x)|, and up() is linear per channel, so the numerator is
         # upsampled after the dot product at g×g — exact, and C× cheaper than at M×M
