@@ -24,11 +24,12 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/rsrefseg-train $(ARGS)
 
-## the test suite without the long runs (6 to 7.5 minutes on 2 cores)
+## the test suite without the long runs (about 7 minutes on 2 cores)
 test: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-## the long runs: the full default training with its quality floor, SLURM / preemption / resume jobs (13 min)
+## the long runs: the full default training with its quality floor, SLURM / preemption / resume jobs,
+## two-process DDP / gloo tests, notebook 02 training its own checkpoint (19 min)
 test-slow: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow $(ARGS)
 

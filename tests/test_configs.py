@@ -59,6 +59,16 @@ NEW_SWITCHES = {
     "model.sam": {"train_no_mem_embed": False},
     "model": {"lora": {"split_qkv": False}, "require_pretrained": False},
 }
+#: the speed switches (issue 11), off by default
+SPEED_SWITCHES = {
+    "model": {
+        "activation_checkpointing": False,
+        "compile": False,
+        "compile_mode": "default",
+        "compile_backend": "inductor",
+    },
+    "model.sam": {"fused_attention": False},  # segment-anything SAM only
+}
 #: what the paper recipes set since, to follow the release; their *_tiny versions inherit it (in
 #: `full` mode these change nothing: no adapters are added, nothing pretrained is required)
 RECIPE_RELEASE_SWITCHES = {
@@ -76,6 +86,7 @@ def _with_new_switches(key: str, node: dict, *, recipe: bool = False) -> dict:
         node["clip"].update(NEW_SWITCHES["model.clip"])
         node["lora"].update(switches["lora"])
         node["require_pretrained"] = switches["require_pretrained"]
+        node.update(SPEED_SWITCHES["model"])
         key, node_sam = "model.sam", node["sam"]
     else:
         node_sam = node
@@ -83,6 +94,8 @@ def _with_new_switches(key: str, node: dict, *, recipe: bool = False) -> dict:
         node.update(NEW_SWITCHES["model.clip"])
     elif key == "model.sam" and node_sam["_target_"].endswith("Sam2Backbone"):
         node_sam.update(NEW_SWITCHES["model.sam"])
+    elif key == "model.sam" and node_sam["_target_"].endswith(".SamBackbone"):
+        node_sam.update(SPEED_SWITCHES["model.sam"])
     return node
 
 

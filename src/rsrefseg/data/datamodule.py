@@ -13,7 +13,13 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rsrefseg.data.file_check import DataFilesError
+from rsrefseg.data.grouped_sampler import (
+    GroupedDistributedSampler,
+    GroupedRandomSampler,
+    GroupedSequentialSampler,
+)
 from rsrefseg.data.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
+from rsrefseg.data.shared_images import unique_images
 
 SPLITS = ("train", "val", "test")
 
@@ -37,6 +43,18 @@ def collate_referring(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def collate_shared_images(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`collate_referring` with each distinct image once (``data.group_sentences``).
+
+    Returns:
+        ``image`` N×3×H×W (the N distinct images, see `rsrefseg.data.shared_images`),
+        ``image_index`` B long (the image of each sentence), and every other key per sentence (B).
+    """
+    images, image_index = unique_images([s["image"] for s in samples])
+    batch = collate_referring([{k: v for k, v in s.items() if k != "image"} for s in samples])
+    return {"image": torch.stack(images), "image_index": image_index, **batch}
+
+
 class ShuffledSentences(Dataset):
     """A view of a dataset whose sentences are permuted across samples (a seeded derangement).
 
@@ -57,6 +75,11 @@ class ShuffledSentences(Dataset):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def image_keys(self) -> list[Any] | None:
+        """The wrapped dataset's (every item keeps its own image)."""
+        keys = getattr(self.dataset, "image_keys", None)
+        return None if keys is None else keys()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.dataset[index])
@@ -79,6 +102,9 @@ class RefSegDataModule(pl.LightningDataModule):
         group_names: names of the per-sample groups scored separately (e.g. expression types).
         group_key: the item key holding each sample's group name.
         shuffle_sentences_seed: seed of the derangement used by :meth:`shuffled_test_dataloader`.
+        group_sentences: order batches so that an image's sentences come together and pass each
+            distinct image once (``image`` N×3×S×S with ``image_index``), so the encoders run once
+            per image (`rsrefseg.data.grouped_sampler`); changes which samples share a batch.
     """
 
     def __init__(
@@ -93,6 +119,7 @@ class RefSegDataModule(pl.LightningDataModule):
         group_names: Sequence[str] = (),
         group_key: str | None = None,
         shuffle_sentences_seed: int = 0,
+        group_sentences: bool = False,
     ) -> None:
         super().__init__()
         unknown = set(splits) - set(SPLITS)
@@ -105,9 +132,10 @@ class RefSegDataModule(pl.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.group_names, self.group_key = tuple(group_names), group_key
         self.shuffle_sentences_seed = shuffle_sentences_seed
+        self.group_sentences = group_sentences
         self.datasets: dict[str, Dataset] = {}
         #: the sampler of the latest train loader (its position goes into checkpoints)
-        self.train_sampler: ResumableRandomSampler | ResumableDistributedSampler | None = None
+        self.train_sampler: TrainSampler | None = None
         self._train_sampler_state: dict[str, Any] | None = None
 
     def dataset(self, split: str) -> Dataset:
@@ -169,6 +197,8 @@ class RefSegDataModule(pl.LightningDataModule):
             # DistributedSampler pads ranks to equal length by repeating samples, which would count
             # them twice in the metrics; evaluation shards without repeats instead
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        elif not train and self.group_sentences:
+            sampler = GroupedSequentialSampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -178,14 +208,15 @@ class RefSegDataModule(pl.LightningDataModule):
             # pinning needs an accelerator; on a CPU-only machine torch would only warn about it
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
-            collate_fn=collate_referring,
+            collate_fn=collate_shared_images if self.group_sentences else collate_referring,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled full batches, in the order ``shuffle=True`` gave, resumable mid-epoch."""
         dataset = self.dataset("train")
-        self.train_sampler = _train_sampler(dataset)
+        self.train_sampler = _train_sampler(dataset, grouped=self.group_sentences)
         if self._train_sampler_state is not None:
+            _check_grouping(self._train_sampler_state, grouped=self.group_sentences)
             self.train_sampler.load_state_dict(self._train_sampler_state)
             self._train_sampler_state = None
         return self._loader(dataset, train=True, sampler=self.train_sampler)
@@ -223,14 +254,33 @@ class RefSegDataModule(pl.LightningDataModule):
         return self._loader(dataset, train=False)
 
 
-def _train_sampler(dataset: Dataset) -> ResumableRandomSampler | ResumableDistributedSampler:
+TrainSampler = (
+    ResumableRandomSampler | ResumableDistributedSampler | GroupedRandomSampler | GroupedDistributedSampler
+)
+
+
+def _train_sampler(dataset: Dataset, *, grouped: bool = False) -> TrainSampler:
     """One process: ``RandomSampler``'s order; DDP: the order of the ``DistributedSampler`` Lightning
-    would insert (seeded with ``seed_everything``'s seed), each resumable."""
+    would insert (seeded with ``seed_everything``'s seed), each resumable; ``grouped``: the same
+    seeding, an image's sentences together (`rsrefseg.data.grouped_sampler`)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return ResumableDistributedSampler(
+        kind = GroupedDistributedSampler if grouped else ResumableDistributedSampler
+        return kind(
             dataset,
             num_replicas=dist.get_world_size(),
             rank=dist.get_rank(),
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
         )
+    if grouped:
+        return GroupedRandomSampler(dataset)
     return ResumableRandomSampler(dataset)  # type: ignore[arg-type]
+
+
+def _check_grouping(state: Mapping[str, Any], *, grouped: bool) -> None:
+    saved = str(state.get("kind", "")).startswith("grouped")
+    if saved != grouped:
+        raise ValueError(
+            f"the checkpoint's train order was made with data.group_sentences={str(saved).lower()} and "
+            f"this run has data.group_sentences={str(grouped).lower()}: the order can only be continued "
+            "with the same setting"
+        )

@@ -91,6 +91,10 @@ class ReferringDataset(Dataset):
     def __repr__(self) -> str:
         return f"ReferringDataset({self.name or 'unnamed'}, {len(self.records)} samples)"
 
+    def image_keys(self) -> list[str]:
+        """Each sample's image file: equal keys, one image (``data.group_sentences`` groups by them)."""
+        return [str(r.image_path) for r in self.records]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index``.
 

@@ -114,19 +114,28 @@ class ResumableDistributedSampler(DistributedSampler):
             ValueError: another sampler kind, dataset length, seed or number of ranks.
         """
         _check_state(state, kind="distributed", length=len(self.dataset))
-        if state["num_replicas"] != self.num_replicas:
-            raise ValueError(
-                f"the checkpoint was written by a run on {state['num_replicas']} ranks and this run has "
-                f"{self.num_replicas}: the data order can only be continued on the same number of ranks "
-                "(trainer.devices × trainer.num_nodes)"
-            )
-        if state["seed"] != self.seed:
-            raise ValueError(
-                f"the checkpoint's train order was seeded with {state['seed']} and this run's with "
-                f"{self.seed}: resume with the run's own seed"
-            )
+        check_same_ranks_and_seed(state, num_replicas=self.num_replicas, seed=self.seed)
         if 0 < state["consumed"] < self.num_samples:
             self._resume_at = (int(state["epoch"]), int(state["consumed"]))
+
+
+def check_same_ranks_and_seed(state: dict[str, Any], *, num_replicas: int, seed: int) -> None:
+    """A distributed train order continues only on as many ranks, with the seed it was drawn with.
+
+    Raises:
+        ValueError: naming the checkpoint's and this run's rank count or seed.
+    """
+    if state["num_replicas"] != num_replicas:
+        raise ValueError(
+            f"the checkpoint was written by a run on {state['num_replicas']} ranks and this run has "
+            f"{num_replicas}: the data order can only be continued on the same number of ranks "
+            "(trainer.devices × trainer.num_nodes)"
+        )
+    if state["seed"] != seed:
+        raise ValueError(
+            f"the checkpoint's train order was seeded with {state['seed']} and this run's with "
+            f"{seed}: resume with the run's own seed"
+        )
 
 
 def _check_state(state: dict[str, Any], *, kind: str, length: int) -> None:

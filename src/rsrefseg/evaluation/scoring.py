@@ -111,7 +111,7 @@ def score_batch(
     """
     check_resolution(resolution)
     canvas = batch["image"].shape[-1]
-    count = batch["image"].shape[0]
+    count = logits.shape[0]  # one per sentence: a batch may carry each image once for several
     contents = [_content_size(batch, i, canvas) for i in range(count)]
     if resolution == "original":
         if batch.get("original_mask") is None:

@@ -252,6 +252,11 @@ class ClipEncoder(nn.Module):
         # peft marks every non-adapter weight of the model it injects into as frozen
         self._train_logit_scale_and_bias()
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute both towers' transformer blocks in backward (open_clip's ``set_grad_checkpointing``:
+        non-reentrant ``torch.utils.checkpoint`` per residual block; timm's per block for SigLIP)."""
+        self.model.set_grad_checkpointing(enabled)
+
     @property
     def logit_scale(self) -> Tensor:
         """CLIP's learned log logit scale (a scalar parameter)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from rsrefseg.models.clip_encoder import ClipEncoder
+from rsrefseg.models.compilation import CompiledCall, CompileMode, compile_method
 from rsrefseg.models.finetune import FinetuneMode, LoraSettings, configure_finetuning
 from rsrefseg.models.prompter import Prompter, PrompterOutput
 from rsrefseg.models.prompter.base import check_prompter
@@ -65,6 +66,14 @@ class RSRefSeg2(nn.Module):
         lora: LoRA settings for ``finetune='lora'``.
         require_pretrained: in ``lora`` / ``frozen`` mode, refuse a backbone without pretrained
             weights instead of warning (the paper recipes: adapters on random features learn nothing).
+        activation_checkpointing: recompute the backbones' transformer blocks in backward (CLIP's
+            two towers, SAM's ViT or Hiera blocks) instead of storing their activations: less
+            activation memory for about one more backbone forward per step. Gradients are unchanged.
+        compile: ``torch.compile`` CLIP's and SAM's image encoders and the prompter
+            (:meth:`compile_parts`); opt-in, compile time is logged on the first call.
+        compile_mode: ``torch.compile``'s ``mode`` for ``compile`` (inductor only).
+        compile_backend: ``torch.compile``'s backend: ``inductor`` (kernels generated and compiled:
+            minutes of C++ compilation on a CPU the first time) or ``aot_eager`` (graph capture only).
     """
 
     def __init__(
@@ -76,6 +85,10 @@ class RSRefSeg2(nn.Module):
         finetune: FinetuneMode = "full",
         lora: LoraSettings | dict | None = None,
         require_pretrained: bool = False,
+        activation_checkpointing: bool = False,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         check_prompter(prompter)
@@ -90,6 +103,43 @@ class RSRefSeg2(nn.Module):
         )
         sam.freeze_unused(uses_dense=dense_head is not None)
         clip.freeze_unused(uses_sentence=prompter.uses_sentence)
+        self.activation_checkpointing = activation_checkpointing
+        if activation_checkpointing:
+            self.set_activation_checkpointing(True)
+        self.compiled_parts: dict[str, CompiledCall] = {}
+        if compile:
+            self.compile_parts(compile_mode, backend=compile_backend)
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the backbones' transformer blocks in backward (or stop doing so)."""
+        self.clip.set_activation_checkpointing(enabled)
+        self.sam.set_activation_checkpointing(enabled)
+        self.activation_checkpointing = enabled
+
+    def compile_parts(
+        self, mode: CompileMode = "default", *, backend: str = "inductor"
+    ) -> dict[str, CompiledCall]:
+        """``torch.compile`` (``dynamic=False``) CLIP's image encoder, SAM's image encoder and the prompter.
+
+        Each is replaced on its own instance (module tree and state-dict keys unchanged); the text
+        tower, SAM's prompt encoder and decoder stay eager (variable sentence lengths, small).
+        Compilation happens on the first call, whose time is logged once per part.
+
+        Returns:
+            ``{part: CompiledCall}``; ``first_call_seconds`` holds each part's compile-inclusive time.
+        """
+        if self.compiled_parts:
+            raise RuntimeError("RSRefSeg2.compile_parts was already called on this network")
+        parts = {
+            "clip.encode_image": (self.clip, "encode_image"),
+            "sam.encode_image": (self.sam, "encode_image"),
+            "prompter": (self.prompter, "forward"),
+        }
+        self.compiled_parts = {
+            name: compile_method(owner, attr, name=name, mode=mode, backend=backend)
+            for name, (owner, attr) in parts.items()
+        }
+        return self.compiled_parts
 
     def components(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by component, for reports: CLIP vision / text, the prompter, each part of SAM.

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from rsrefseg.models.activation_checkpointing import recompute_in_backward
 from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained, read_sam_checkpoint
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
@@ -124,6 +125,27 @@ class Sam2Features:
         )
 
 
+@dataclass
+class Sam2Levels:
+    """SAM 2's image-encoder output before anything that trains in ``frozen`` mode touches it.
+
+    ``no_mem_embed`` and the decoder's ``conv_s0`` / ``conv_s1`` turn these into
+    :class:`Sam2Features` (:meth:`Sam2Backbone.features`); the convolutions train with the mask
+    decoder, so a frozen-feature cache stores these levels, not the decoder's inputs.
+
+    Attributes:
+        stride4: B×d×4h×4w, stride8: B×d×2h×2w, stride16: B×d×h×w FPN levels (``backbone_fpn``).
+    """
+
+    stride4: Tensor
+    stride8: Tensor
+    stride16: Tensor
+
+    def select(self, index: Tensor) -> Sam2Levels:
+        """The levels of images ``index`` (B long, repeats allowed)."""
+        return Sam2Levels(self.stride4[index], self.stride8[index], self.stride16[index])
+
+
 class Sam2Backbone(nn.Module):
     """SAM 2.1's image path behind :class:`SamBackbone`'s interface: image i is decoded with prompt set i.
 
@@ -201,27 +223,45 @@ class Sam2Backbone(nn.Module):
         """LoRA on the image encoder's ``lora_targets``."""
         inject_lora(self.image_encoder, self.lora_targets, settings, config_key="model.sam.lora_targets")
 
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the Hiera trunk's blocks in backward instead of storing their activations
+        (Hiera already attends with ``F.scaled_dot_product_attention``)."""
+        recompute_in_backward(self.image_encoder.trunk.blocks, enabled)
+
     def encode_image(self, images: Tensor) -> Sam2Features:
         """Args: images B×3×H×W in [0, 1]. Returns the B×d×h×w embedding and the two finer levels."""
+        return self.features(self.encode_levels(images))
+
+    def encode_levels(self, images: Tensor) -> Sam2Levels:
+        """The frozen part of :meth:`encode_image`: images B×3×H×W in [0, 1] → the encoder's FPN levels."""
         images = resize_square(images, self.image_size)
         levels = self.image_encoder((images - self.pixel_mean) / self.pixel_std)["backbone_fpn"]
         stride4, stride8, stride16 = levels[-3:]
+        return Sam2Levels(stride4=stride4, stride8=stride8, stride16=stride16)
+
+    def features(self, levels: Sam2Levels) -> Sam2Features:
+        """The decoder's inputs from the encoder's levels: ``no_mem_embed`` and ``conv_s0`` / ``conv_s1``."""
         return Sam2Features(
-            embedding=stride16 + self.no_mem_embed.view(1, -1, 1, 1),
-            high_res=(self.mask_decoder.conv_s0(stride4), self.mask_decoder.conv_s1(stride8)),
+            embedding=levels.stride16 + self.no_mem_embed.view(1, -1, 1, 1),
+            high_res=(self.mask_decoder.conv_s0(levels.stride4), self.mask_decoder.conv_s1(levels.stride8)),
         )
 
-    def decode(self, features: Sam2Features, sparse: Tensor | None, dense: Tensor | None) -> Tensor:
+    def decode(
+        self, features: Sam2Features | Sam2Levels, sparse: Tensor | None, dense: Tensor | None
+    ) -> Tensor:
         """Decode one mask per image from that image's own prompts.
 
         Args:
-            features: from :meth:`encode_image`, batch B.
+            features: from :meth:`encode_image`, batch B, or :meth:`encode_levels`' levels (cached
+                frozen features), finished here by :meth:`features`.
             sparse: B×P×d sparse prompt embeddings (no point-type embedding is added), or None.
             dense: B×1×M×M mask-prompt logits, or None (SAM's learned "no mask" embedding).
 
         Returns:
             B×1×M×M mask logits (M = 4h).
         """
+        if isinstance(features, Sam2Levels):
+            features = self.features(features)
         b, d, h, w = features.embedding.shape
         pe = self.prompt_encoder
         if dense is None:

@@ -9,9 +9,11 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor, nn
 
+from rsrefseg.models.activation_checkpointing import recompute_in_backward
 from rsrefseg.models.checkpoints import load_state_dict_strict, mark_pretrained, read_sam_checkpoint
 from rsrefseg.models.contracts import check_dimensions, resize_square
 from rsrefseg.models.finetune import LoraSettings, inject_lora
+from rsrefseg.models.fused_attention import use_fused_attention
 
 
 def build_sam_vit(
@@ -96,6 +98,10 @@ class SamBackbone(nn.Module):
         mask_size: side of the mask prompt and of the output logits, 4 × the embedding grid (checked).
         lora_targets: regular expressions over module names inside the image encoder that get LoRA
             in ``finetune=lora`` (docs/method.md §6: attention qkv / proj and the neck convs).
+        fused_attention: compute the image encoder's and the mask decoder's attention with
+            ``F.scaled_dot_product_attention`` (:mod:`rsrefseg.models.fused_attention`) instead of
+            segment-anything's step-by-step reference. Same parameters and state-dict keys; equal
+            up to floating-point rounding (not bit-identical), hence off by default.
     """
 
     def __init__(
@@ -106,6 +112,7 @@ class SamBackbone(nn.Module):
         image_size: int,
         mask_size: int,
         lora_targets: Sequence[str] = (r"blocks\.\d+\.attn\.(qkv|proj)", r"neck\.(0|2)"),
+        fused_attention: bool = False,
     ) -> None:
         super().__init__()
         self.image_encoder, self.prompt_encoder, self.mask_decoder = (
@@ -124,6 +131,8 @@ class SamBackbone(nn.Module):
         }
         stated = dict(prompt_dim=prompt_dim, image_size=image_size, mask_size=mask_size)
         check_dimensions("SamBackbone", stated, actual)
+        self.fused_attention = fused_attention
+        use_fused_attention(self, fused_attention)
 
     def freeze_pretrained(self) -> None:
         """Freeze the image encoder; prompt encoder and mask decoder stay trainable (docs/method.md §6)."""
@@ -132,6 +141,10 @@ class SamBackbone(nn.Module):
     def add_lora(self, settings: LoraSettings) -> None:
         """LoRA on the image encoder's ``lora_targets``."""
         inject_lora(self.image_encoder, self.lora_targets, settings, config_key="model.sam.lora_targets")
+
+    def set_activation_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the image encoder's ViT blocks in backward instead of storing their activations."""
+        recompute_in_backward(self.image_encoder.blocks, enabled)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """Args: images B×3×H×W in [0, 1]. Returns B×d×h×w image embeddings (h = w = image_size / patch)."""

@@ -79,19 +79,23 @@ def model_config_differences(
     """
     if not (stored and stored.get("model") and current.get("model")):
         return []
-    theirs, ours = _flatten(stored["model"], "model"), _flatten(current.get("model") or {}, "model")
+    theirs, ours = (
+        flatten_config(stored["model"], "model"),
+        flatten_config(current.get("model") or {}, "model"),
+    )
     absent = "(absent)"
     keys = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k, absent) != ours.get(k, absent))
     lines = [f"{k}: checkpoint {theirs.get(k, absent)!r}, this run {ours.get(k, absent)!r}" for k in keys]
     return lines[:limit] + ([f"… (+{len(lines) - limit} more)"] if len(lines) > limit else [])
 
 
-def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str) -> dict[str, Any]:
+    """A config tree as ``{"prefix.a.b": leaf}`` (for listing the keys two configs differ in)."""
     if not isinstance(node, Mapping):
         return {prefix: node}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}.{key}"))
+        out.update(flatten_config(value, f"{prefix}.{key}"))
     return out
 
 

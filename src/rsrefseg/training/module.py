@@ -153,7 +153,7 @@ class RefSegModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         out = self.network_output(batch)
         terms = self.loss.for_output(out, batch["mask"], batch.get("valid"))
-        bs = batch["image"].shape[0]
+        bs = len(batch["sentence"])  # images may be fewer: shared by an image's sentences
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)
         return terms["loss"]

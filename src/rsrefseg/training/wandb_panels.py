@@ -66,7 +66,7 @@ class WandbPanels(pl.Callback):
         if not loggers or trainer.sanity_checking or not trainer.is_global_zero:
             return
         batch = self._fixed_batch(trainer)
-        images = batch["image"].to(pl_module.device)
+        images = sentence_images(batch).to(pl_module.device)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad(), trainer.precision_plugin.val_step_context():
@@ -85,7 +85,7 @@ class WandbPanels(pl.Callback):
         ious = sample_scores([p.cpu() for p in preds], targets)["iou"]
         shown = [
             _render(image, content, target, pred.cpu(), self.image_size)
-            for image, content, target, pred in zip(batch["image"], contents, targets, preds, strict=True)
+            for image, content, target, pred in zip(images.cpu(), contents, targets, preds, strict=True)
         ]
         ids = batch.get("sample_id") or [str(i) for i in range(len(shown))]
         for lg in loggers:
@@ -133,10 +133,11 @@ class WandbPanels(pl.Callback):
                 f"{type(outputs).__name__}"
             )
         canvas = batch["image"].shape[-1]
+        images = sentence_images(batch)
         groups = outputs.get("group") or [""] * len(outputs["sample_id"])
         for i, sample_id in enumerate(outputs["sample_id"]):
             image, target, pred = _render(
-                batch["image"][i],
+                images[i],
                 _content_size(batch, i, canvas),
                 outputs["targets"][i],
                 outputs["preds"][i],
@@ -192,6 +193,12 @@ def _wandb_loggers(trainer: pl.Trainer) -> list[WandbLogger]:
 
 def _is_control(pl_module: pl.LightningModule) -> bool:
     return str(getattr(pl_module, "test_prefix", "test")).endswith(CONTROL_SUFFIX)
+
+
+def sentence_images(batch: Mapping[str, Any]) -> Tensor:
+    """B×3×S×S, the image of each sentence (a batch may carry each image once with ``image_index``)."""
+    index = batch.get("image_index")
+    return batch["image"] if index is None else batch["image"][index.to(batch["image"].device)]
 
 
 def _content_size(batch: Mapping[str, Any], index: int, canvas: int) -> tuple[int, int]:
