@@ -152,58 +152,61 @@ def _timed(m: Mapping[str, Any], rate: str) -> str:
     return f"{m[rate]:.1f} ±{100 * m['spread'] / 2:.0f}%"
 
 
+def _figure_table(title: str, first: str, rate: str) -> Table:
+    """A table of per-path figures: ``first``, then ``rate`` / memory / MFU, fast, stock and ratio."""
+    table = Table(title=title)
+    for column in (
+        first,
+        f"{rate} fast",
+        f"{rate} stock",
+        "×",
+        "MiB fast",
+        "MiB stock",
+        "×",
+        "MFU% fast",
+        "MFU% stock",
+    ):
+        table.add_column(column, justify="right")
+    return table
+
+
+def _memory_and_mfu(row: Mapping[str, Any]) -> list[str]:
+    f, s, r = row["fast"], row["stock"], row["ratio"]
+    return [
+        _mib(f["peak_memory_bytes"]),
+        _mib(s["peak_memory_bytes"]),
+        _ratio(r["peak_memory_bytes"]),
+        _pct(f["mfu"]),
+        _pct(s["mfu"]),
+    ]
+
+
 def tables(report: Mapping[str, Any]) -> list[Table]:
     """One table per section measured: fast, stock and their ratio for every figure."""
     title = f"{report['name']}: {report['composition']}, {report['finetune']} — {report['device_name']}"
     out = []
     if report["inference"]:
-        table = Table(title=f"inference ({title})")
-        for column in (
-            "N×K",
-            "img/s fast",
-            "img/s stock",
-            "×",
-            "sent/s fast",
-            "sent/s stock",
-            "×",
-            "MiB fast",
-            "MiB stock",
-            "×",
-            "MFU% fast",
-            "MFU% stock",
-        ):
-            table.add_column(column, justify="right")
+        table = _figure_table(f"inference ({title})", "N×K", "img/s")
+        # sentences/s last: the same timings as images/s, K× the count
+        for label in ("sent/s fast", "sent/s stock", "×"):
+            table.add_column(label, justify="right")
         for row in report["inference"]:
             f, s, r = row["fast"], row["stock"], row["ratio"]
             table.add_row(
                 f"{row['batch_size']}×{row['sentences_per_image']}",
                 _timed(f, "images_per_s"), _timed(s, "images_per_s"), _ratio(r["images_per_s"]),
+                *_memory_and_mfu(row),
                 _num(f["sentences_per_s"]), _num(s["sentences_per_s"]), _ratio(r["sentences_per_s"]),
-                _mib(f["peak_memory_bytes"]), _mib(s["peak_memory_bytes"]), _ratio(r["peak_memory_bytes"]),
-                _pct(f["mfu"]), _pct(s["mfu"]),
             )  # fmt: skip
         out.append(table)
     if report["training"]:
-        table = Table(title=f"training steps ({title})")
-        for column in (
-            "B (K)",
-            "samples/s fast",
-            "samples/s stock",
-            "×",
-            "MiB fast",
-            "MiB stock",
-            "×",
-            "MFU% fast",
-            "MFU% stock",
-        ):
-            table.add_column(column, justify="right")
+        table = _figure_table(f"training steps ({title})", "B (K)", "samples/s")
         for row in report["training"]:
             f, s, r = row["fast"], row["stock"], row["ratio"]
             table.add_row(
                 f"{row['batch_size']} ({row['sentences_per_image']})",
                 _timed(f, "samples_per_s"), _timed(s, "samples_per_s"), _ratio(r["samples_per_s"]),
-                _mib(f["peak_memory_bytes"]), _mib(s["peak_memory_bytes"]), _ratio(r["peak_memory_bytes"]),
-                _pct(f["mfu"]), _pct(s["mfu"]),
+                *_memory_and_mfu(row),
             )  # fmt: skip
         out.append(table)
     if report["loader"]:

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 
-from rsrefseg.data.resumable_sampler import _draw_seed, check_same_ranks_and_seed
+from rsrefseg.data.resumable_sampler import ResumableDistributedSampler, ResumableRandomSampler
 
 
 @dataclass(frozen=True)
@@ -126,57 +126,34 @@ class ImageGroups:
         return {"samples": len(self.group_of), "groups": self.count}
 
 
-class GroupedRandomSampler(Sampler[int]):
+class GroupedRandomSampler(ResumableRandomSampler):
     """One process: each epoch, the image groups in random order, resumable mid-epoch.
 
     Args:
         dataset: the train dataset (its ``image_keys()`` decide the groups, see `ImageGroups.of`).
     """
 
+    kind = "grouped_random"
+
     def __init__(self, dataset: Any) -> None:
+        super().__init__(dataset)
         self.groups = ImageGroups.of(dataset)
-        self.epoch = 0
-        #: seed of the current epoch's order; None before the first epoch starts
-        self.seed: int | None = None
-        self._resume_at: tuple[int, int] | None = None  # (seed, samples to skip) for the next epoch
 
-    def __len__(self) -> int:
-        return len(self.groups)
+    def order(self, seed: int) -> list[int]:
+        return self.groups.shuffled(torch.Generator().manual_seed(seed))[0].tolist()
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning before each epoch; only recorded (the seed comes from the global RNG)."""
-        self.epoch = epoch
+    def identity(self) -> dict[str, int]:
+        return self.groups.describe()
 
-    def __iter__(self) -> Iterator[int]:
-        # a generator: the seed is drawn at the epoch's first `next`, where RandomSampler draws it
-        resume, self._resume_at = self._resume_at, None
-        seed, start = resume if resume is not None else (_draw_seed(), 0)
-        self.seed = seed
-        order, _ = self.groups.shuffled(torch.Generator().manual_seed(seed))
-        yield from order.tolist()[start:]
-
-    def state_dict(self, *, consumed: int) -> dict[str, Any]:
-        """The position after training consumed ``consumed`` samples of the current epoch."""
-        return {
-            "kind": "grouped_random",
-            **self.groups.describe(),
-            "epoch": self.epoch,
-            "seed": self.seed,
-            "consumed": consumed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch's order after its consumed samples (the next ``__iter__`` only).
-
-        Raises:
-            ValueError: another sampler kind, or a dataset with other samples or images.
-        """
-        check_grouped_state(state, kind="grouped_random", groups=self.groups)
-        if state["seed"] is not None and 0 < state["consumed"] < state["samples"]:
-            self._resume_at = (int(state["seed"]), int(state["consumed"]))
+    @staticmethod
+    def mismatch(saved: dict[str, int], ours: dict[str, int]) -> str:
+        return (
+            f"{saved['samples']} samples of {saved['groups']} images and this run's has "
+            f"{ours['samples']} of {ours['groups']}"
+        )
 
 
-class GroupedDistributedSampler(DistributedSampler):
+class GroupedDistributedSampler(ResumableDistributedSampler):
     """DDP: each epoch (``seed + epoch``), this rank's whole image groups in random order, resumable.
 
     A `DistributedSampler`, so Lightning leaves it in place instead of inserting its own.
@@ -191,8 +168,11 @@ class GroupedDistributedSampler(DistributedSampler):
         ValueError: the split is too small to give every rank a sample.
     """
 
+    kind = "grouped_distributed"
+    mismatch = staticmethod(GroupedRandomSampler.mismatch)
+
     def __init__(self, dataset: Any, *, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
         self.groups = ImageGroups.of(dataset)
         self.num_samples = self.total_size = self.groups.per_rank(num_replicas)
         if self.num_samples == 0:
@@ -201,39 +181,13 @@ class GroupedDistributedSampler(DistributedSampler):
                 f"{self.groups.largest} sentences per image): too few to give each of {num_replicas} ranks "
                 "whole images; set data.group_sentences=false"
             )
-        self._resume_at: tuple[int, int] | None = None  # (epoch, samples of this rank to skip)
 
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
+    def share(self) -> list[int]:
         order, group_order = self.groups.shuffled(torch.Generator().manual_seed(self.seed + self.epoch))
-        mine = self.groups.deal(order, group_order, ranks=self.num_replicas, rank=self.rank)
-        resume, self._resume_at = self._resume_at, None
-        start = resume[1] if resume is not None and resume[0] == self.epoch else 0
-        return iter(mine[start:])
+        return self.groups.deal(order, group_order, ranks=self.num_replicas, rank=self.rank)
 
-    def state_dict(self, *, consumed: int) -> dict[str, Any]:
-        """The position after this rank's training consumed ``consumed`` samples of the current epoch."""
-        return {
-            "kind": "grouped_distributed",
-            **self.groups.describe(),
-            "epoch": self.epoch,
-            "seed": self.seed,
-            "num_replicas": self.num_replicas,
-            "consumed": consumed,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch after its consumed samples (when Lightning sets that epoch again).
-
-        Raises:
-            ValueError: another sampler kind, dataset, seed or number of ranks.
-        """
-        check_grouped_state(state, kind="grouped_distributed", groups=self.groups)
-        check_same_ranks_and_seed(state, num_replicas=self.num_replicas, seed=self.seed)
-        if 0 < state["consumed"] < self.num_samples:
-            self._resume_at = (int(state["epoch"]), int(state["consumed"]))
+    def identity(self) -> dict[str, int]:
+        return self.groups.describe()
 
 
 class GroupedSequentialSampler(Sampler[int]):
@@ -251,21 +205,3 @@ class GroupedSequentialSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order)
-
-
-def check_grouped_state(state: dict[str, Any], *, kind: str, groups: ImageGroups) -> None:
-    """Fail clearly unless ``state`` is a grouped sampler's of ``kind`` over the same groups."""
-    saved = state.get("kind") if isinstance(state, dict) else None
-    if saved not in ("grouped_random", "grouped_distributed"):
-        raise ValueError(f"not a grouped train-sampler state: {state!r}")
-    if saved != kind:
-        raise ValueError(
-            f"the checkpoint's train order comes from a {saved} sampler and this run uses a {kind} one "
-            "(one process vs DDP): resume on the same number of processes"
-        )
-    if (state["samples"], state["groups"]) != (len(groups), groups.count):
-        raise ValueError(
-            f"the checkpoint's train split had {state['samples']} samples of {state['groups']} images and "
-            f"this run's has {len(groups)} of {groups.count}: resume with the same data "
-            "(data.sizes, data.root, …)"
-        )

@@ -12,14 +12,13 @@ network with random weights is timed: the cost does not depend on the weights.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from rsrefseg.bench.timing import time_calls
 from rsrefseg.errors import reports_errors
 from rsrefseg.predict.predictor import Predictor
 
@@ -57,25 +56,6 @@ class Timing:
         return self.sentences / max(self.seconds, 1e-12)
 
 
-def median_seconds(
-    function: Callable[[], object], *, repeats: int, warmup: int, device: torch.device
-) -> float:
-    """The median wall time of ``function`` over ``repeats`` runs after ``warmup`` untimed ones."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats={repeats}, warmup={warmup}; expected repeats >= 1 and warmup >= 0")
-    times = []
-    for run in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if run >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def benchmark(
     predictor: Predictor,
     *,
@@ -102,15 +82,9 @@ def benchmark(
         raise ValueError(f"sentences={sentences}; expected a positive integer")
     image = np.random.default_rng(seed).integers(0, 256, (*image_size, 3), dtype=np.uint8)
     texts = [SENTENCES[i % len(SENTENCES)] for i in range(sentences)]
-    one_call = median_seconds(
-        lambda: predictor.predict(image, texts), repeats=repeats, warmup=warmup, device=predictor.device
-    )
-    separate = median_seconds(
-        lambda: [predictor.predict(image, text) for text in texts],
-        repeats=repeats,
-        warmup=warmup,
-        device=predictor.device,
-    )
+    timed = dict(repeats=repeats, warmup=warmup, device=predictor.device)
+    one_call = time_calls(lambda: predictor.predict(image, texts), **timed).median_s
+    separate = time_calls(lambda: [predictor.predict(image, text) for text in texts], **timed).median_s
     return [
         Timing(f"{sentences} sentences, one image, 1 call", 1, sentences, one_call),
         Timing(f"{sentences} sentences, one image, {sentences} calls", sentences, sentences, separate),
