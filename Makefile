@@ -24,7 +24,7 @@ install: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/rsrefseg-train $(ARGS)
 
-## the test suite without the long runs (about 7 minutes on 2 cores)
+## the test suite without the long runs (7–10 minutes on 2 cores)
 test: $(BIN)/.installed
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m "not slow" $(ARGS)
 

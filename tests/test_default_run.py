@@ -31,6 +31,6 @@ def test_default_run_learns_to_read_the_sentence(tmp_path):
     assert json.loads((metrics_file.parent / "status.json").read_text())["status"] == "completed"
     assert "\r" not in result.stdout  # progress as plain lines when stdout is not a terminal
     # floors well below the measured figures (README), so seed / machine noise does not flake
-    assert test["gIoU"] >= 30.0
-    assert shuffled["gIoU"] <= 0.6 * test["gIoU"]
+    assert test["gIoU"] >= 35.0
+    assert shuffled["gIoU"] <= 0.5 * test["gIoU"]
     assert test["gIoU"] > metrics["whole_image"]["gIoU"] + 20

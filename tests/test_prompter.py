@@ -115,3 +115,36 @@ def test_dense_head_equals_cosine_of_upsampled_features():
     reference = torch.nn.functional.cosine_similarity(up, sentence[:, :, None, None], dim=1)[:, None]
     reference = reference * scale.exp() + bias
     torch.testing.assert_close(head(tokens, 4, sentence, scale, bias), reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("grid", "size"), [(4, 20), (8, 64), (5, 5), (1, 16)])
+def test_upsampled_norm_equals_the_norm_of_the_upsampled_map(grid, size):
+    """The dense head's norm without the B×C×M×M map: same values and gradients as the direct form."""
+    from rsrefseg.models.prompter.heads import upsampled_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, grid, grid, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 1, size, size, dtype=torch.float64)
+    direct = torch.linalg.vector_norm(
+        torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=True),
+        dim=1,
+        keepdim=True,
+    )
+    (grad_direct,) = torch.autograd.grad((direct * weights).sum(), x)
+    fast = upsampled_norm(x, size)
+    (grad_fast,) = torch.autograd.grad((fast * weights).sum(), x)
+    assert fast.shape == (3, 1, size, size)
+    torch.testing.assert_close(fast, direct, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad_fast, grad_direct, atol=1e-12, rtol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = upsampled_norm(x.detach().to(torch.bfloat16), size)
+    assert low.dtype == torch.float32  # the channel sum in float32 whatever the autocast
+
+
+def test_upsampled_norm_of_a_zero_map_has_zero_gradient():
+    """As the direct norm's backward at 0: no NaN / inf reaches the features."""
+    from rsrefseg.models.prompter.heads import upsampled_norm
+
+    x = torch.zeros(1, 4, 3, 3, requires_grad=True)
+    upsampled_norm(x, 9).clamp_min(1e-12).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))

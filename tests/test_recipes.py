@@ -113,12 +113,13 @@ def test_recipe_phases_follow_the_epoch_count(dataset):
     assert type(cfg.scheduler.constant_until_epoch) is int  # 0.1·100 is 10, not 10.000000000000002
 
 
-def test_default_run_schedule_and_validation_are_unchanged():
+def test_default_run_recipe():
     cfg = compose_config("train")
     schedule = cfg.scheduler
     assert (schedule.unit, schedule.warmup_epochs, schedule.constant_until_epoch) == ("step", 50, 100)
-    assert schedule.t_max_epochs == cfg.trainer.max_steps == 1300
-    assert cfg.trainer.val_check_interval == 325 and type(cfg.trainer.val_check_interval) is int
+    assert schedule.t_max_epochs == cfg.trainer.max_steps == 1000
+    assert cfg.trainer.val_check_interval == 250 and type(cfg.trainer.val_check_interval) is int
+    assert (cfg.data.batch_size, cfg.optimizer.lr) == (32, 5e-4)
     assert cfg.trainer.check_val_every_n_epoch is None
 
 

@@ -100,6 +100,10 @@ def test_every_job_of_a_sweep_composes_and_passes_check_config(sweep_hydra, name
         assert choices["experiment"] == ("synthetic_cpu" if is_tiny else "rrsisd"), f"{name}: {job}"
         if not is_tiny:
             assert choices["hydra/launcher"] == "slurm"
+        else:  # the recipe the README's tiny sweep figures were measured with, not the default run's
+            assert (cfg.trainer.max_steps, cfg.data.batch_size) == (600, 16), f"{name}: {job}"
+            if "optimizer.lr" not in " ".join(job):
+                assert cfg.optimizer.lr == 3.5e-4, f"{name}: {job}"
         setting = {key: _plain(cfg[key]) for key in cfg if key not in ("seed", "hydra", "paths")}
         settings.add(json.dumps(setting, sort_keys=True, default=str))
     # each job of the grid (seed aside) is a different run: the swept keys exist and take effect

@@ -12,6 +12,8 @@ import warnings
 
 import torch
 
+from rsrefseg.allocator import configure_cpu_allocator
+
 _LOG_LINES = (
     # Lightning's advertising ("💡 Tip: … try installing litlogger / litmodels")
     "💡 Tip:",
@@ -57,6 +59,8 @@ def prepare_process() -> None:
     # Random-init training on CPU produces denormal floats that slow matmuls ~10×.
     torch.set_flush_denormal(True)
     torch.set_float32_matmul_precision("high")
+    # keep freed CPU blocks for the next step instead of faulting them in again (rsrefseg.allocator)
+    configure_cpu_allocator()
     silence_unactionable_noise()
     # The Hugging Face hub mode is not set here: huggingface_hub reads it once, at its import, so
     # the package decides it on import (rsrefseg.hub).

@@ -3,7 +3,7 @@
 - ``${times:0.1,${recipe.epochs}}``: a product, e.g. a schedule phase as a fraction of the epoch
   count (``0.1·E``), so that ``recipe.epochs=100`` moves every phase;
 - ``${interval:${trainer.max_steps},4}``: the step interval that fits 4 evenly spaced checks into
-  the run (``1300 → 325``, ``200 → 50``), so a shorter run still validates.
+  the run (``1000 → 250``, ``200 → 50``), so a shorter run still validates.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def fit_length(trainer: pl.Trainer) -> RunLength:
             "the learning-rate schedule is laid out over the run's length, and nothing bounds this run: "
             f"trainer.max_epochs={trainer.max_epochs} and trainer.max_steps={trainer.max_steps}. "
             "Set one of them (the paper's recipes set trainer.max_epochs=${recipe.epochs}, "
-            "the default run trainer.max_steps=1300)."
+            "the default run trainer.max_steps=1000)."
         )
     steps_per_epoch = None
     if trainer.max_epochs not in (None, -1):

@@ -51,8 +51,41 @@ class DensePromptHead(nn.Module):
         dot = F.interpolate(
             (x * direction).sum(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=True
         )
-        norm = torch.linalg.vector_norm(
-            F.interpolate(x, size=size, mode="bilinear", align_corners=True), dim=1, keepdim=True
-        )
-        cos = dot / norm.clamp_min(1e-12)
+        cos = dot / upsampled_norm(x, self.mask_size).clamp_min(1e-12)
         return cos * logit_scale.exp() + logit_bias
+
+
+def bilinear_weights(source: int, target: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """target×source matrix R of 1-D linear interpolation with aligned corners: up(v) = R·v.
+
+    Built by interpolating the identity, so its weights are PyTorch's own.
+    """
+    eye = torch.eye(source, device=device, dtype=dtype)[None]
+    return F.interpolate(eye, size=target, mode="linear", align_corners=True)[0].T
+
+
+def upsampled_norm(x: Tensor, size: int) -> Tensor:
+    """|up(x)| over channels, where up() is bilinear (aligned corners) g×g → size×size; without up(x).
+
+    up(x)_c = R·x_c·Rᵀ (R: size×g), so |up(x)|²[y, z] = Σ_{v,w} R[z,v]·R[z,w]·K[y,v,w] with
+    K[y,v,w] = Σ_c u_c[y,v]·u_c[y,w] and u_c = R·x_c (rows upsampled only): the channel sum runs at
+    size×g instead of size×size, a few matmuls where the direct form materialises B×C×size×size
+    (and its backward) — the dense head's largest cost at the tiny sizes. Equal to the direct form
+    to float rounding; computed in float32 (or float64) whatever the autocast.
+
+    Args:
+        x: B×C×g×g.
+        size: output side.
+
+    Returns:
+        B×1×size×size, float32 (float64 for a float64 x).
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        r = bilinear_weights(x.shape[-1], size, device=x.device, dtype=x.dtype)
+        rows = torch.einsum("yh,bchw->bycw", r, x)  # B×size×C×g: u, channels before columns
+        gram = rows.transpose(-1, -2) @ rows  # B×size×g×g: K
+        squared = ((r @ gram) * r).sum(-1)  # B×size×size: Σ_w R[z,w]·(R·K_y)[z,w]
+        # below 1e-24 (a zero map, or rounding below zero) the clamp passes no gradient, as the
+        # direct norm's backward does at 0, instead of sqrt's infinite one
+        return squared.clamp_min(1e-24).sqrt()[:, None]
