@@ -4,9 +4,10 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a large
 gradient of CLIP's 49 408-token embedding, an activation map) from a fresh ``mmap`` and returns it
 to the kernel on ``free``, and trims the top of its heap whenever a few MB there are free. A
 training step frees and reallocates the same large blocks every time, so each step faults in its
-memory page by page again: on the default run about 5 000 page faults and a fifth of the step's
-time (the embedding gradient's zero-fill alone took ~20 ms of a ~250 ms step). With the blocks kept,
-the next step reuses them. Numbers are unchanged: only where the memory comes from differs.
+memory page by page again: on the default run about 5 000 page faults per step, and in the
+profiler the embedding gradient's zero-fill alone took 20–29 ms of the step (~5 ms with the blocks
+kept). With the blocks kept, the next step reuses them. Numbers are unchanged: only where the
+memory comes from differs.
 
 The cost: memory freed after the peak stays with the process (its resident size stays at the peak
 rather than shrinking), which is what a long training or prediction job does anyway.
