@@ -148,3 +148,14 @@ def test_upsampled_norm_of_a_zero_map_has_zero_gradient():
     x = torch.zeros(1, 4, 3, 3, requires_grad=True)
     upsampled_norm(x, 9).clamp_min(1e-12).sum().backward()
     assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_dense_head_runs_on_the_meta_device():
+    """Shape checks build real-size networks on the meta device, which has no autocast."""
+    from rsrefseg.models.prompter.heads import DensePromptHead
+
+    head = DensePromptHead(vision_dim=8, embed_dim=6, mask_size=16).to("meta")
+    meta = {"device": "meta"}
+    scale, bias = torch.zeros((), **meta), torch.zeros((), **meta)
+    out = head(torch.randn(2, 16, 8, **meta), 4, torch.randn(2, 6, **meta), scale, bias)
+    assert out.shape == (2, 1, 16, 16) and out.device.type == "meta"

@@ -2,7 +2,8 @@
 
 PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a large block (the 19 MB
 gradient of CLIP's 49 408-token embedding, an activation map) from a fresh ``mmap`` and returns it
-to the kernel on ``free``, and trims the top of its heap whenever a few MB there are free. A
+to the kernel on ``free`` (above 32 MB always; smaller blocks until its threshold has adapted), and
+trims the top of its heap once enough there is free. A
 training step frees and reallocates the same large blocks every time, so each step faults in its
 memory page by page again: on the default run about 5 000 page faults per step, and in the
 profiler the embedding gradient's zero-fill alone took 20–29 ms of the step (~5 ms with the blocks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -80,7 +82,12 @@ def upsampled_norm(x: Tensor, size: int) -> Tensor:
     Returns:
         B×1×size×size, float32 (float64 for a float64 x).
     """
-    with torch.autocast(x.device.type, enabled=False):
+    device = x.device.type
+    # no autocast on a device without one (the meta device of shape checks)
+    outside_autocast = (
+        torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
+    )
+    with outside_autocast:
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         r = bilinear_weights(x.shape[-1], size, device=x.device, dtype=x.dtype)
         rows = torch.einsum("yh,bchw->bycw", r, x)  # B×size×C×g: u, channels before columns
